@@ -1,0 +1,105 @@
+"""Typed values exchanged between the stages (frontend -> GPT -> vocoder -> audio).
+
+Shapes are written next to each field; `D` is the GPT width (`model_dim`), `S` the speaker
+embedding width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from indextts.errors import OptionsError
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How codes are chosen. Defaults are the original's sampling defaults.
+
+    `greedy=True` is the original's deterministic mode: argmax, no sampling; temperature, top-k
+    and top-p are then ignored, the repetition penalty is not. `max_codes=None` means the
+    checkpoint's `max_mel_tokens`.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 30
+    top_p: float = 0.8
+    repetition_penalty: float = 10.0
+    seed: Optional[int] = None
+    greedy: bool = False
+    max_codes: Optional[int] = None
+
+    def __post_init__(self):
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and 0.0 < self.temperature <= 10.0) and not self.greedy:
+            raise OptionsError(f"temperature must be in (0, 10], got {self.temperature!r} "
+                               "(use greedy=True for deterministic decoding)")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise OptionsError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+            raise OptionsError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
+                and 0.0 < self.repetition_penalty <= 100.0):
+            raise OptionsError(f"repetition_penalty must be in (0, 100], got {self.repetition_penalty!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < 2**63):
+            raise OptionsError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if self.max_codes is not None and (not isinstance(self.max_codes, int) or self.max_codes < 1):
+            raise OptionsError(f"max_codes must be a positive integer, got {self.max_codes!r}")
+
+    @classmethod
+    def deterministic(cls, **overrides) -> "SamplingOptions":
+        """The original's `do_sample=False, num_beams=1, repetition_penalty=10` mode."""
+        return cls(greedy=True, **overrides)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of text the GPT synthesises in one go."""
+
+    ids: tuple[int, ...]          # BPE ids, without start/stop text tokens
+    text: str = ""                # the pieces joined, for logs and progress bars
+
+
+@dataclass(frozen=True)
+class FrontendResult:
+    normalized: str
+    pieces: tuple[str, ...]
+    ids: tuple[int, ...]
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Voice:
+    """A voice ready for synthesis: computed once from one or more references, then reused.
+
+    `cond_latents` feed the GPT, `speaker_embedding` feeds the vocoder; several references are
+    averaged (optionally weighted) in both.
+    """
+
+    cond_latents: torch.Tensor        # [1, 32, D] float
+    speaker_embedding: torch.Tensor   # [1, 1, S] float
+    name: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class CodeChunk:
+    """Codes produced by the GPT for one segment (possibly partial), with their latents."""
+
+    codes: torch.Tensor               # [n] int64, stop code excluded
+    latents: Optional[torch.Tensor] = None   # [n, D] float, filled once known
+    final: bool = False               # last chunk of the segment
+    stopped: bool = False             # the stop code was produced (False: hit max codes)
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk:
+    """Float PCM in [-1, 1] at `sample_rate`."""
+
+    samples: torch.Tensor             # [n] float32
+    sample_rate: int = 24000
+    final: bool = False
+    metadata: dict = field(default_factory=dict)
