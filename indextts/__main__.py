@@ -1,0 +1,5 @@
+import sys
+
+from indextts.cli import main
+
+sys.exit(main())

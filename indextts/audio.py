@@ -1,0 +1,153 @@
+"""Reference audio: load, mix to mono, resample to 24 kHz, 100-band log-mel.
+
+The constants are the original's `MelSpectrogramFeatures()` defaults; the original ignores the
+config's mel section, and so do we. Decoding goes through soundfile (libsndfile: wav, flac, ogg
+vorbis/opus, mp3, aiff, ...), which returns float32 in [-1, 1] exactly as the original's loader did.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from indextts.errors import AudioError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24000
+N_FFT = 1024
+HOP_LENGTH = 256
+WIN_LENGTH = 1024
+N_MELS = 100
+LOG_FLOOR = 1e-7
+
+MIN_REFERENCE_SECONDS = 0.5
+DEFAULT_MAX_REFERENCE_SECONDS = 60.0
+# Peak amplitude below which a reference counts as silent (about -80 dBFS).
+SILENCE_PEAK = 1e-4
+
+AudioSource = Union[str, Path, bytes, BinaryIO]
+
+
+@dataclass(frozen=True)
+class ReferenceLimits:
+    """What reference audio we accept. Longer than `max_seconds` is truncated with a warning:
+    a voice prompt is only a timbre sample, and the conformer's position table ends at ~106 s."""
+
+    min_seconds: float = MIN_REFERENCE_SECONDS
+    max_seconds: float = DEFAULT_MAX_REFERENCE_SECONDS
+
+    def __post_init__(self):
+        if not 0 < self.min_seconds < self.max_seconds:
+            raise ValueError("need 0 < min_seconds < max_seconds")
+        if self.max_seconds > 100.0:
+            raise ValueError("max_seconds above 100 s exceeds the conditioning encoder's position table")
+
+
+def _describe(source: AudioSource) -> str:
+    return str(source) if isinstance(source, (str, Path)) else "uploaded audio"
+
+
+def decode_audio(source: AudioSource) -> tuple[torch.Tensor, int]:
+    """Decode any libsndfile format into float32 `[channels, frames]` and its sample rate."""
+    name = _describe(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise AudioError(f"reference audio not found: {path}")
+        handle: object = path
+    elif isinstance(source, (bytes, bytearray)):
+        handle = io.BytesIO(source)
+    else:
+        handle = source
+    try:
+        data, sr = sf.read(handle, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"{name} is not a readable audio file (wav, flac, ogg, mp3 are supported): {e}") from e
+    if not np.isfinite(data).all():
+        raise AudioError(f"{name} contains NaN or infinite samples")
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def to_mono_24k(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """`[channels, frames]` at any rate -> `[1, frames']` at 24 kHz (torchaudio's default sinc)."""
+    mono = audio.mean(dim=0, keepdim=True)
+    if sample_rate != SAMPLE_RATE:
+        mono = torchaudio.functional.resample(mono, sample_rate, SAMPLE_RATE)
+    return mono
+
+
+def load_reference(source: AudioSource, limits: ReferenceLimits = ReferenceLimits()) -> torch.Tensor:
+    """Load reference audio for voice cloning as `[1, n]` float32 at 24 kHz.
+
+    Raises `AudioError` for files that are not audio, empty, silent or shorter than
+    `limits.min_seconds`; audio longer than `limits.max_seconds` is truncated (with a warning).
+    """
+    name = _describe(source)
+    audio, sr = decode_audio(source)
+    frames = audio.shape[1]
+    if frames == 0:
+        raise AudioError(f"{name} is empty (no samples)")
+    seconds = frames / sr
+    if seconds < limits.min_seconds:
+        raise AudioError(f"{name} is {seconds:.2f} s long; a reference needs at least "
+                         f"{limits.min_seconds} s of speech (3-10 s works best)")
+    if seconds > limits.max_seconds:
+        logger.warning("%s is %.1f s long; using its first %.1f s", name, seconds, limits.max_seconds)
+        audio = audio[:, : int(math.floor(limits.max_seconds * sr))]
+    if float(audio.abs().max()) < SILENCE_PEAK:
+        raise AudioError(f"{name} is silent (peak below {SILENCE_PEAK}); record some speech")
+    return to_mono_24k(audio, sr)
+
+
+class MelSpectrogram(torch.nn.Module):
+    """`[B, n]` 24 kHz audio -> `[B, 100, frames]` natural-log magnitude mel (93.75 frames/s)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
+            n_mels=N_MELS, f_min=0.0, f_max=None, power=1.0, center=True, pad_mode="reflect",
+            norm=None, mel_scale="htk")
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.clamp(self.mel(audio), min=LOG_FLOOR))
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_module(device: str) -> MelSpectrogram:
+    return MelSpectrogram().to(device)
+
+
+def mel_spectrogram(audio: torch.Tensor) -> torch.Tensor:
+    """`[1, n]` float32 24 kHz audio -> `[1, 100, frames]` log-mel, as the original computes it."""
+    with torch.no_grad():
+        return _mel_module(str(audio.device))(audio.float())
+
+
+def reference_mel(source: AudioSource, limits: ReferenceLimits = ReferenceLimits()) -> torch.Tensor:
+    """Load a reference and compute its mel in one step: `[1, 100, frames]`."""
+    return mel_spectrogram(load_reference(source, limits))
+
+
+def float_to_int16(wav: torch.Tensor) -> torch.Tensor:
+    """The original's output conversion: `clamp(32767 * wav, ±32767)` cast with truncation to int16."""
+    return torch.clamp(32767.0 * wav, -32767.0, 32767.0).to(torch.int16)
+
+
+def write_wav(path: str | Path, samples: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono 16-bit PCM; `samples` is int16 `[n]` or float in [-1, 1]."""
+    if samples.dtype != torch.int16:
+        samples = float_to_int16(samples)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples.reshape(-1).cpu().numpy(), sample_rate, subtype="PCM_16", format="WAV")

@@ -1,0 +1,37 @@
+"""Shared fixtures: the golden data of the original implementation (tests/golden/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).parent / "golden"
+TINY = GOLDEN / "tiny"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(TINY / "expected" / "expected.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def expected_meta() -> dict:
+    return json.loads((TINY / "expected" / "expected.json").read_text())
