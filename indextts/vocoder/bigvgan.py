@@ -163,7 +163,7 @@ class BigVGAN(nn.Module):
     def speaker_embedding(self, mel: torch.Tensor) -> torch.Tensor:
         """ECAPA-TDNN embedding of a whole reference log-mel.
 
-        mel: `[B, num_mels, frames]` as `MelSpectrogramFeatures` makes it (frames > 8).
+        mel: `[B, num_mels, frames]` as `MelSpectrogramFeatures` makes it (at least 5 frames: the encoder reflect-pads by up to 4).
         Returns `[B, 1, speaker_embedding_dim]`. The reference calls its encoder with the mel
         transposed to `[B, frames, num_mels]` and no lengths; the encoder transposes it back.
         """

@@ -1,0 +1,185 @@
+"""BigVGAN vocoder and ECAPA-TDNN speaker encoder against the reference's golden outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from indextts.checkpoint import (CheckpointInfo, build_vocoder, load_strict, load_vocoder,
+                                 read_state_dict)
+from indextts.config import IndexTTSConfig
+from indextts.errors import CheckpointError
+from indextts.vocoder import BigVGAN, to_int16
+from indextts.vocoder.alias_free import kaiser_sinc_filter
+
+from conftest import GOLDEN
+
+ATOL = 1e-4  # golden README: speaker_embedding and float waveform
+WAV_CASES = [(i, p) for i in range(3) for p in ("rp1", "rp10")]
+# One weight of the last stage's resblock and one BatchNorm statistic of the speaker encoder;
+# +1e-2 on either moves the golden comparison well past ATOL (about 6x and 9x).
+PERTURBED_CONV = ("resblocks.17.convs2.2.weight_v", (0, 0, 1))
+PERTURBED_BN = ("speaker_encoder.mfa.norm.norm.running_mean", (0,))
+
+
+@pytest.fixture(scope="module")
+def tiny_info(tiny_dir) -> CheckpointInfo:
+    return CheckpointInfo.from_dir(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_state_dict(tiny_info) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in read_state_dict(tiny_info.bigvgan_path, ("generator",)).items()}
+
+
+@pytest.fixture(scope="module")
+def vocoder(tiny_info) -> BigVGAN:
+    return load_vocoder(tiny_info)
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+@torch.inference_mode()
+def _speaker_error(model: BigVGAN, expected, ref: str) -> float:
+    return _max_err(model.speaker_embedding(expected[f"{ref}.mel"]), expected[f"{ref}.speaker_embedding"])
+
+
+@torch.inference_mode()
+def _wav_error(model: BigVGAN, expected, i: int, p: str) -> float:
+    spk = model.speaker_embedding(expected["ref_a.mel"])
+    wav = model(expected[f"s{i}.ref_a.{p}.latents"], spk)  # [1, 1, N * 1024]
+    return _max_err(wav.squeeze(1), expected[f"s{i}.ref_a.{p}.wav"])
+
+
+def _load_modified(tiny_info, tmp_path, state_dict) -> BigVGAN:
+    """Write `state_dict` as a bigvgan_generator.pth in tmp_path and load it the production way."""
+    torch.save({"generator": state_dict}, tmp_path / tiny_info.config.bigvgan_checkpoint)
+    return load_vocoder(dataclasses.replace(tiny_info, model_dir=tmp_path))
+
+
+# --- structure -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["1.0", "1.5"])
+def test_state_dict_matches_official_manifest(version):
+    manifest = json.loads((GOLDEN / "manifests" / f"indextts-{version}.bigvgan_generator.json").read_text())
+    with torch.device("meta"):
+        model = BigVGAN(IndexTTSConfig.preset(version).bigvgan)
+    params = dict(model.named_parameters())
+    ours = {k: (list(t.shape), str(t.dtype).removeprefix("torch."), "parameter" if k in params else "buffer")
+            for k, t in model.state_dict().items()}
+    theirs = {e["name"]: (e["shape"], e["dtype"], e["kind"]) for e in manifest["keys"]}
+    assert sorted(set(theirs) - set(ours)) == [], "keys missing from our model"
+    assert sorted(set(ours) - set(theirs)) == [], "keys the official checkpoint does not have"
+    diff = {k: (ours[k], theirs[k]) for k in theirs if ours[k] != theirs[k]}
+    assert diff == {}
+    assert len(ours) == manifest["num_tensors"]
+
+
+def test_anti_alias_filter_matches_stored_buffers(tiny_state_dict):
+    # The tiny checkpoint keeps the reference's constructed filters, so a module built without a
+    # checkpoint (our __init__) must produce the same taps.
+    ours = kaiser_sinc_filter(0.25, 0.3, 12)
+    for key in ("resblocks.0.activations.0.upsample.filter", "activation_post.downsample.lowpass.filter"):
+        assert torch.equal(ours, tiny_state_dict[key]), key
+
+
+def test_post_load_folds_weight_norm(tiny_info, tiny_state_dict, vocoder, expected):
+    names = [n for n, _ in vocoder.named_parameters()]
+    assert not [n for n in names if n.endswith(("weight_g", "weight_v"))]
+    assert "conv_pre.weight" in names and "ups.0.0.weight" in names
+    # Unfolded (norm computed per call) and folded give the same audio.
+    with torch.device("meta"):
+        unfolded = build_vocoder(tiny_info.config)
+    unfolded = unfolded.to_empty(device="cpu")
+    load_strict(unfolded, tiny_state_dict, "tiny")
+    unfolded.eval()
+    spk = expected["ref_a.speaker_embedding"]
+    latents = expected["s0.ref_a.rp10.latents"]
+    with torch.inference_mode():
+        assert _max_err(unfolded(latents, spk), vocoder(latents, spk)) < 1e-6
+
+
+# --- golden parity -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ref", ["ref_a", "ref_b"])
+def test_speaker_embedding_matches_golden(vocoder, expected, ref):
+    assert _speaker_error(vocoder, expected, ref) < ATOL
+
+
+@pytest.mark.parametrize("i,p", WAV_CASES)
+def test_waveform_matches_golden(vocoder, expected, i, p):
+    assert _wav_error(vocoder, expected, i, p) < ATOL
+
+
+def test_batched_calls_match_single_calls(vocoder, expected):
+    mels = [expected["ref_a.mel"][..., :321], expected["ref_b.mel"]]  # equal frame counts
+    latents = [expected["s2.ref_a.rp10.latents"], expected["s0.ref_a.rp1.latents"][:, :20]]
+    with torch.inference_mode():
+        spk = vocoder.speaker_embedding(torch.cat(mels))
+        wav = vocoder(torch.cat(latents), spk)
+        for b in range(2):
+            single_spk = vocoder.speaker_embedding(mels[b])
+            assert _max_err(spk[b:b + 1], single_spk) < 1e-5
+            assert _max_err(wav[b:b + 1], vocoder(latents[b], single_spk)) < 1e-5
+
+
+# --- the golden comparisons can fail -------------------------------------------------------------
+
+def test_perturbed_resblock_weight_breaks_waveform_parity(tiny_info, tiny_state_dict, expected, tmp_path):
+    key, index = PERTURBED_CONV
+    sd = {k: v.clone() for k, v in tiny_state_dict.items()}
+    sd[key][index] += 1e-2
+    model = _load_modified(tiny_info, tmp_path, sd)
+    assert _wav_error(model, expected, 0, "rp10") > ATOL
+
+
+def test_perturbed_batchnorm_statistic_breaks_speaker_parity(tiny_info, tiny_state_dict, expected, tmp_path):
+    key, index = PERTURBED_BN
+    sd = {k: v.clone() for k, v in tiny_state_dict.items()}
+    sd[key][index] += 1e-2
+    model = _load_modified(tiny_info, tmp_path, sd)
+    assert _speaker_error(model, expected, "ref_a") > ATOL
+
+
+# --- int16 conversion ----------------------------------------------------------------------------
+
+def test_to_int16_truncates_toward_zero_and_clamps():
+    wav = torch.tensor([0.0, 0.5, -0.5, 0.99999, -0.99999, 1.0, -1.0, 1.7, -3.0, 1e-5, -1e-5])
+    got = to_int16(wav)
+    assert got.dtype == torch.int16
+    # 32767 * 0.5 = 16383.5 -> 16383 (not rounded); the negative side never reaches -32768.
+    assert got.tolist() == [0, 16383, -16383, 32766, -32766, 32767, -32767, 32767, -32767, 0, 0]
+
+
+# --- strict loading ------------------------------------------------------------------------------
+
+def _remove(sd, key):
+    del sd[key]
+
+
+def _rename(sd, key):
+    sd[key.replace("weight_v", "weight")] = sd.pop(key)
+
+
+def _reshape(sd, key):
+    sd[key] = torch.zeros(17)
+
+
+@pytest.mark.parametrize("edit,key,reported", [
+    (_remove, "resblocks.4.convs1.1.weight_g", ["resblocks.4.convs1.1.weight_g"]),
+    (_rename, "ups.2.0.weight_v", ["ups.2.0.weight_v", "ups.2.0.weight"]),
+    (_reshape, "speaker_encoder.fc.conv.bias", ["speaker_encoder.fc.conv.bias"]),
+])
+def test_damaged_checkpoint_raises_naming_the_key(tiny_info, tiny_state_dict, tmp_path, edit, key, reported):
+    sd = dict(tiny_state_dict)
+    edit(sd, key)
+    with pytest.raises(CheckpointError) as info:
+        _load_modified(tiny_info, tmp_path, sd)
+    for name in reported:
+        assert name in str(info.value)
