@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTIONAL_COMMANDS = (
     ("indextts.text.cli", "add_frontend_parser"),
     ("indextts.synth_cli", "add_synth_parser"),
+    ("indextts.random_checkpoint", "add_random_checkpoint_parser"),
 )
 
 

@@ -31,6 +31,9 @@ class SamplingOptions:
     seed: Optional[int] = None
     greedy: bool = False
     max_codes: Optional[int] = None
+    # Benchmarks: random weights rarely emit the stop code, so a run may generate exactly
+    # `max_codes` codes, treating the stop code as an ordinary code.
+    ignore_stop: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
@@ -49,6 +52,8 @@ class SamplingOptions:
             raise OptionsError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
         if self.max_codes is not None and (not isinstance(self.max_codes, int) or self.max_codes < 1):
             raise OptionsError(f"max_codes must be a positive integer, got {self.max_codes!r}")
+        if self.ignore_stop and self.max_codes is None:
+            raise OptionsError("ignore_stop needs max_codes (the forced number of codes)")
 
     @classmethod
     def deterministic(cls, **overrides) -> "SamplingOptions":
@@ -87,7 +92,11 @@ class Voice:
 
 @dataclass(frozen=True, eq=False)
 class CodeChunk:
-    """Codes produced by the GPT for one segment (possibly partial), with their latents."""
+    """Codes produced by the GPT for one segment.
+
+    Partial chunks (`final=False`) carry new codes as generated, before the original's
+    post-processing; the final chunk carries the segment's post-processed codes (long silences
+    shortened, stop code removed) and their latents, which is what the vocoder consumes."""
 
     codes: torch.Tensor               # [n] int64, stop code excluded
     latents: Optional[torch.Tensor] = None   # [n, D] float, filled once known
