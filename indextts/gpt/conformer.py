@@ -123,9 +123,12 @@ class ConvolutionModule(nn.Module):
         self.pointwise_conv2 = nn.Conv1d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, D], mask: [B, 1, T] bool; padded frames are zeroed before and after."""
+        """x: [B, T, D], mask: [B, 1, T] bool (valid frames) -> [B, T, D]; padded frames are zero."""
         x = x.transpose(1, 2).masked_fill(~mask, 0.0)             # [B, D, T]
-        x = F.glu(self.pointwise_conv1(x), dim=1)
+        # The original masks only before pointwise_conv1, whose bias then leaks into the
+        # depthwise conv at the edge of a padded row. Masking again after the GLU makes a padded
+        # row equal to the same reference alone (unpadded rows are unaffected either way).
+        x = F.glu(self.pointwise_conv1(x), dim=1).masked_fill(~mask, 0.0)
         x = self.depthwise_conv(x)
         x = F.silu(self.norm(x.transpose(1, 2))).transpose(1, 2)
         x = self.pointwise_conv2(x).masked_fill(~mask, 0.0)

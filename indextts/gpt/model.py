@@ -17,7 +17,7 @@ weights stored `[in, out]`). The model holds no per-request state: the KV cache 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ from indextts.errors import ConfigError, TextError
 from indextts.gpt.conformer import ConformerEncoder
 from indextts.gpt.kv_cache import KVCache
 from indextts.gpt.perceiver import PerceiverResampler
+
+TextIds = Union[Sequence[int], torch.Tensor]   # BPE ids of one segment, [L], no start/stop
 
 MEL_BINS = 100
 LAYER_NORM_EPS = 1e-5
@@ -175,7 +177,9 @@ class UnifiedVoice(nn.Module):
     def post_load(self) -> None:
         """Called by `checkpoint.load_gpt` after the strict load. Nothing to rebuild: the model
         has no non-persistent buffers (attention masks are made per call) and the conformer's
-        sinusoid table is stored in gpt.pth."""
+        sinusoid table is stored in gpt.pth. A loaded model serves inference, so its weights are
+        frozen: calls made outside `torch.no_grad()` then build no autograd graph."""
+        self.requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
@@ -197,14 +201,15 @@ class UnifiedVoice(nn.Module):
 
     # -- embeddings -------------------------------------------------------------------------
 
-    def text_ids_with_bounds(self, text_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def text_ids_with_bounds(self, text_ids: TextIds) -> torch.Tensor:
         """[start] + ids + [stop] as int64 [L + 2]; any start/stop ids inside the text are
         dropped first (the original does this for the prompt)."""
         ids = torch.as_tensor(text_ids, dtype=torch.long, device=self.device).reshape(-1)
         ids = ids[(ids != self.cfg.start_text_token) & (ids != self.cfg.stop_text_token)]
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.text_vocab_size):
             raise TextError(f"text ids must lie in [0, {self.cfg.text_vocab_size}); got "
-                            f"{int(ids.min())}..{int(ids.max())}. Was the text tokenized with this checkpoint's bpe.model?")
+                            f"{int(ids.min())}..{int(ids.max())}; was the text tokenized with this "
+                            f"checkpoint's bpe.model?")
         if ids.numel() + 2 > self.cfg.text_positions:
             raise TextError(f"segment has {ids.numel()} text tokens; this checkpoint takes at most "
                             f"{self.cfg.text_positions - 2} per segment. Split the text into shorter segments")
@@ -212,7 +217,7 @@ class UnifiedVoice(nn.Module):
         stop = ids.new_tensor([self.cfg.stop_text_token])
         return torch.cat([start, ids, stop])
 
-    def embed_text(self, text_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def embed_text(self, text_ids: TextIds) -> torch.Tensor:
         """BPE ids [L] (no start/stop) -> text embeddings with text positions [L + 2, D]."""
         ids = self.text_ids_with_bounds(text_ids)
         return self.text_embedding(ids) + self.text_pos_embedding(torch.arange(ids.numel(), device=ids.device))
@@ -221,11 +226,11 @@ class UnifiedVoice(nn.Module):
         """codes: [B, T] int, positions: [B, T] or [T] mel position rows -> [B, T, D]."""
         return self.mel_embedding(codes) + self.mel_pos_embedding(positions)
 
-    def prompt_embeddings(self, cond_latents: torch.Tensor, text_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def prompt_embeddings(self, cond_latents: torch.Tensor, text_ids: TextIds) -> torch.Tensor:
         """cond_latents: [1, 32, D], text ids [L] -> prompt prefix [1, 32 + L + 2, D]
         (conditioning without positions, then text); the start code is not included."""
-        text = self.embed_text(text_ids).to(cond_latents.dtype)
-        return torch.cat([cond_latents, text.unsqueeze(0)], dim=1)
+        text = self.embed_text(text_ids)
+        return torch.cat([cond_latents.to(device=text.device, dtype=text.dtype), text.unsqueeze(0)], dim=1)
 
     # -- transformer ------------------------------------------------------------------------
 
