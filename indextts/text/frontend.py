@@ -1,0 +1,145 @@
+"""The text frontend: raw text -> normalised text -> BPE pieces and ids -> segments.
+
+    frontend = TextFrontend.from_model_dir("checkpoints/IndexTTS-1.5")
+    result = frontend.process("你好，world!", max_tokens=120)   # FrontendResult
+
+Every method is thread-safe: the grammars, the SentencePiece model and the options are read-only.
+The grammar transducers hold the GIL while they run (about 0.1-1 ms per character), so a server
+should call the frontend off its event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from indextts.errors import TextError
+from indextts.text.grammars import GrammarSet, ensure_grammars
+from indextts.text.normalizer import NormalizerBackends, TextNormalizer
+from indextts.text.segmenter import split_pieces, warn_hard_splits
+from indextts.text.tokenizer import BpeTokenizer, space_cjk_and_upper
+from indextts.text.wetext import WeTextNormalizer, WeTextOptions
+from indextts.types import FrontendResult, Segment
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 120   # the original's max_text_tokens_per_sentence
+
+
+@dataclass(frozen=True)
+class FrontendOptions:
+    """Validated once.
+
+    max_chars: longer inputs are refused (TextError); None for no limit.
+    max_tokens: default segment limit in BPE tokens (the original's 120).
+    fix_duplicated_quote: attach a quote that follows a sentence end once, instead of the
+        original's twice (off by default for parity with the original).
+    chunk_chars: texts longer than this are normalised sentence chunk by sentence chunk, which
+        keeps time linear in length (None: whole text at once, as the original; superlinear).
+    """
+
+    max_chars: Optional[int] = 4096
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    fix_duplicated_quote: bool = False
+    chunk_chars: Optional[int] = 200
+
+    def __post_init__(self):
+        for name in ("max_chars", "chunk_chars"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+
+
+def _drop_surrogates(text: str) -> str:
+    """Lone surrogates (possible in JSON strings) cannot be UTF-8 encoded; the original crashed on them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(c for c in text if not 0xD800 <= ord(c) <= 0xDFFF)
+
+
+class TextFrontend:
+    """Normaliser + tokenizer + segmenter of one checkpoint."""
+
+    def __init__(self, bpe_path: str | Path, *, cache_dir: str | os.PathLike | None = None,
+                 grammars: Optional[GrammarSet] = None, options: FrontendOptions = FrontendOptions()):
+        """`grammars` defaults to the cache under `cache_dir` (built on first use; see grammars.py)."""
+        self.options = options
+        self.tokenizer = BpeTokenizer(bpe_path)
+        self.grammars = grammars or ensure_grammars(cache_dir)
+        wetext_options = WeTextOptions(chunk_chars=options.chunk_chars)
+        self.normalizer = TextNormalizer(NormalizerBackends(
+            zh=WeTextNormalizer(self.grammars, "zh", wetext_options),
+            en=WeTextNormalizer(self.grammars, "en", wetext_options)))
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, *, cache_dir: str | os.PathLike | None = None,
+                       options: FrontendOptions = FrontendOptions()) -> "TextFrontend":
+        """The frontend of a checkpoint directory (or hub id): its config's `bpe_model`."""
+        from indextts.checkpoint import CheckpointInfo
+
+        info = CheckpointInfo.from_dir(model_dir, require_weights=False)
+        return cls(info.bpe_path, cache_dir=cache_dir, options=options)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _validated(self, text: str) -> str:
+        if not isinstance(text, str):
+            raise TextError(f"text must be a string, got {type(text).__name__}")
+        text = _drop_surrogates(text)
+        if not text.strip():
+            raise TextError("text is empty or only whitespace; pass the words to speak")
+        limit = self.options.max_chars
+        if limit is not None and len(text) > limit:
+            raise TextError(f"text has {len(text)} characters, over the limit of {limit}; split it into "
+                            f"several requests or raise FrontendOptions.max_chars")
+        return text
+
+    def normalize(self, text: str) -> str:
+        """The original's normalised text (before CJK spacing and upper-casing)."""
+        return self.normalizer.normalize(self._validated(text))
+
+    def tokenize(self, text: str) -> tuple[list[str], list[int]]:
+        """(pieces, ids) of raw text, normalised as the original does."""
+        _, pieces = self._normalize_and_encode(self._validated(text))
+        return pieces, self.tokenizer.piece_ids(pieces)
+
+    def segment(self, pieces: Sequence[str], max_tokens: Optional[int] = None) -> list[Segment]:
+        """Segments of `pieces` of at most `max_tokens` (default options.max_tokens) tokens each.
+
+        Emits `HardSplitWarning` when a segment had to be cut by length, as the original does.
+        """
+        max_tokens = self.options.max_tokens if max_tokens is None else max_tokens
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        result = split_pieces(pieces, max_tokens, fix_duplicated_quote=self.options.fix_duplicated_quote)
+        warn_hard_splits(result, max_tokens)
+        return [Segment(ids=tuple(self.tokenizer.piece_ids(seg)),
+                        text="".join(seg).replace("▁", " ").strip()) for seg in result.segments]
+
+    def process(self, text: str, max_tokens: Optional[int] = None) -> FrontendResult:
+        """All steps. Raises TextError for empty, too long, or nothing-left-after-normalising text."""
+        normalized, pieces = self._normalize_and_encode(self._validated(text))
+        return FrontendResult(normalized=normalized, pieces=tuple(pieces),
+                              ids=tuple(self.tokenizer.piece_ids(pieces)),
+                              segments=tuple(self.segment(pieces, max_tokens)))
+
+    def _normalize_and_encode(self, text: str) -> tuple[str, list[str]]:
+        normalized = self.normalizer.normalize(text)
+        if self.tokenizer.bypasses_normalizer(text):
+            # The original encodes a one-character text raw (unstripped, not upper-cased).
+            pieces = self.tokenizer.encode_pieces(text)
+        else:
+            if not normalized.strip():
+                raise TextError(f"nothing is left of the text after normalisation ({text[:40]!r}); "
+                                "it has no speakable characters")
+            pieces = self.tokenizer.encode_pieces(space_cjk_and_upper(normalized))
+        if not pieces:
+            raise TextError(f"the text {text[:40]!r} produces no tokens")
+        return normalized, pieces

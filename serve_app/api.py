@@ -1,0 +1,448 @@
+"""The HTTP API (FastAPI, no Ray): OpenAI's speech API, voice management, the original routes.
+
+`build_api(service)` returns the FastAPI app; `SpeechService` holds what the routes need (the
+synthesizer over the three stages, the voice registry, limits), so tests run the API with fake
+stages and the Serve ingress runs it with deployment handles.
+
+Errors always use OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`: 4xx for
+what the client can fix, 5xx with a generic message (details go to the log, never the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Literal, Optional, Protocol, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from indextts.audio import SAMPLE_RATE
+from indextts.errors import AudioError, IndexTTSError, OptionsError, TextError, VoiceError
+from indextts.formats import FORMATS, SpeechEncoder, audio_format, check_speed
+from indextts.stages import VoiceSpec
+from indextts.synthesis import DEFAULT_MAX_TOKENS_PER_SEGMENT, Synthesizer
+from indextts.types import AudioChunk, SamplingOptions
+from indextts.voices import VoiceExistsError, VoiceNotFoundError, VoiceRegistry
+
+logger = logging.getLogger(__name__)
+
+# The original /tts_url route sampled with seed 8 unless told otherwise.
+LEGACY_DEFAULT_SEED = 8
+UPLOAD_FIELDS = ("audio_sample", "files", "file")
+
+
+# -- request models ---------------------------------------------------------------------------
+
+class VoiceRef(BaseModel):
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's `POST /v1/audio/speech` body plus our sampling extras."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str
+    voice: Union[str, VoiceRef]
+    instructions: Optional[str] = None          # accepted for compatibility, not used
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+    temperature: Optional[float] = Field(None, ge=0.0, le=10.0)   # 0 = greedy
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    top_k: Optional[int] = Field(None, ge=0)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=100.0)
+    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+    max_tokens_per_segment: Optional[int] = Field(None, ge=1)
+
+    @property
+    def voice_name(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+class LegacySpeechRequest(SpeechRequest):
+    """`POST /audio/speech` of the original server: it always answered WAV."""
+
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "wav"
+
+
+class TtsUrlRequest(BaseModel):
+    text: str
+    audio_paths: list[str] = Field(min_length=1)
+    seed: Optional[int] = Field(LEGACY_DEFAULT_SEED, ge=0, lt=2**63)
+
+
+class TtsRequest(BaseModel):
+    text: str
+    character: str
+
+
+# -- the service ------------------------------------------------------------------------------
+
+class Metrics(Protocol):
+    def first_audio(self, seconds: float) -> None: ...
+
+    def finished(self, audio_seconds: float, elapsed_seconds: float, segments: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    model_name: str = "indextts"
+    max_input_chars: int = 4096
+    max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT
+    max_tokens_per_segment_limit: int = 400
+    max_upload_files: int = 8
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+
+@dataclass
+class SpeechService:
+    synthesizer: Synthesizer
+    registry: VoiceRegistry
+    settings: ServiceSettings = field(default_factory=ServiceSettings)
+    metrics: Optional[Metrics] = None
+
+    def options(self, req: SpeechRequest) -> SamplingOptions:
+        defaults = SamplingOptions()
+        common = dict(repetition_penalty=_or(req.repetition_penalty, defaults.repetition_penalty), seed=req.seed)
+        if req.temperature == 0:
+            return SamplingOptions.deterministic(**common)
+        return SamplingOptions(temperature=_or(req.temperature, defaults.temperature),
+                               top_p=_or(req.top_p, defaults.top_p), top_k=_or(req.top_k, defaults.top_k),
+                               **common)
+
+    def check_input(self, text: str, param: str = "input") -> str:
+        if not text or not text.strip():
+            raise ApiError(400, f"'{param}' is empty; give some text to speak", param, "empty_input")
+        if len(text) > self.settings.max_input_chars:
+            raise ApiError(400, f"'{param}' is {len(text)} characters; the limit is "
+                                f"{self.settings.max_input_chars}", param, "input_too_long")
+        return text
+
+    def max_tokens(self, requested: Optional[int]) -> int:
+        n = requested or self.settings.max_tokens_per_segment
+        if n > self.settings.max_tokens_per_segment_limit:
+            raise ApiError(400, f"max_tokens_per_segment must be at most "
+                                f"{self.settings.max_tokens_per_segment_limit}, got {n}",
+                           "max_tokens_per_segment")
+        return n
+
+    async def audio(self, text: str, voice: VoiceSpec, options: SamplingOptions, max_tokens: int,
+                    response_format: str, speed: float, streaming: bool = True) -> "EncodedAudio":
+        """Start synthesis and wait for the first segment, so errors still get a status code;
+        the rest is encoded and yielded as segments finish."""
+        started = time.perf_counter()
+        chunks = self.synthesizer.stream(text, voice, options, max_tokens)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        if self.metrics:
+            self.metrics.first_audio(time.perf_counter() - started)
+        return EncodedAudio(chunks, first, SpeechEncoder(response_format, speed, streaming=streaming),
+                            started, self.metrics)
+
+
+@dataclass
+class EncodedAudio:
+    """Encoded bytes of one utterance, produced while it is being synthesised."""
+
+    chunks: AsyncIterator[AudioChunk]
+    first: Optional[AudioChunk]
+    encoder: SpeechEncoder
+    started: float
+    metrics: Optional[Metrics] = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        segments = 0
+        try:
+            chunk = self.first
+            while chunk is not None:
+                segments += 1
+                self.input_tokens += int(chunk.metadata.get("text_tokens", 0))
+                self.output_tokens += int(chunk.metadata.get("codes", 0))
+                # Encoding is CPU work: keep it off the replica's event loop.
+                data = await asyncio.to_thread(self.encoder.feed, chunk.samples)
+                if data:
+                    yield data
+                chunk = await _next_or_none(self.chunks)
+            tail = await asyncio.to_thread(self.encoder.finish)
+            if tail:
+                yield tail
+        finally:
+            await self.chunks.aclose()
+        if self.metrics:
+            self.metrics.finished(self.encoder.samples_out / SAMPLE_RATE, time.perf_counter() - self.started, segments)
+
+    async def read(self) -> bytes:
+        return b"".join([part async for part in self])
+
+    async def sse(self) -> AsyncIterator[bytes]:
+        """OpenAI's `speech.audio.delta` events, then `speech.audio.done` with token usage."""
+        try:
+            async for data in self:
+                yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # headers are gone: report in-band, as OpenAI does
+            logger.exception("synthesis failed mid-stream")
+            yield _event({"type": "error", "error": _error_body(*_classify(exc))["error"]})
+            return
+        usage = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                 "total_tokens": self.input_tokens + self.output_tokens}
+        yield _event({"type": "speech.audio.done", "usage": usage})
+
+
+async def _next_or_none(chunks: AsyncIterator[AudioChunk]) -> Optional[AudioChunk]:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _event(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 type: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a wrapper (Ray re-raises a replica's error with a `cause`)."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    return exc
+
+
+def _classify(exc: BaseException, param: Optional[str] = None) -> tuple[int, str, Optional[str], Optional[str], str]:
+    """(status, message, param, code, type) for any exception."""
+    exc = _unwrap(exc)
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message, exc.param, exc.code, exc.type
+    if isinstance(exc, VoiceNotFoundError):
+        return 400, str(exc), param or "voice", "voice_not_found", "invalid_request_error"
+    if isinstance(exc, VoiceExistsError):
+        return 409, str(exc), "name", "voice_exists", "invalid_request_error"
+    if isinstance(exc, VoiceError):
+        return 400, str(exc), param or "voice", "invalid_voice", "invalid_request_error"
+    if isinstance(exc, AudioError):
+        return 400, str(exc), param, "invalid_audio", "invalid_request_error"
+    if isinstance(exc, TextError):
+        return 400, str(exc), "input", "invalid_input", "invalid_request_error"
+    if isinstance(exc, OptionsError):
+        return 400, str(exc), param, "invalid_value", "invalid_request_error"
+    if isinstance(exc, IndexTTSError):   # a server-side model or config problem
+        logger.error("request failed: %s: %s", type(exc).__name__, exc)
+        return 500, "the server could not synthesise this request", None, "model_error", "server_error"
+    logger.error("internal error", exc_info=exc)
+    return 500, "internal server error", None, "internal_error", "server_error"
+
+
+def _error_body(status: int, message: str, param: Optional[str], code: Optional[str], type_: str) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: BaseException, param: Optional[str] = None) -> JSONResponse:
+    status, message, param, code, type_ = _classify(exc, param)
+    return JSONResponse(_error_body(status, message, param, code, type_), status_code=status)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = loc[0] if loc else None
+    message = first.get("msg", "invalid request")
+    if param == "response_format":
+        message = f"unsupported response_format; use one of {', '.join(FORMATS)}"
+    elif first.get("type") == "missing":
+        message = f"'{param}' is required"
+    elif param:
+        message = f"invalid '{param}': {message}"
+    if first.get("type") == "json_invalid":
+        message, param = "request body is not valid JSON", None
+    return JSONResponse(_error_body(400, message, param, "invalid_value", "invalid_request_error"),
+                        status_code=400)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_validation(_: Request, exc: RequestValidationError):
+        return _validation_response(exc)
+
+    async def on_http(_: Request, exc: HTTPException):
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(_error_body(exc.status_code, str(exc.detail), None, code, type_),
+                            status_code=exc.status_code)
+
+    async def on_error(_: Request, exc: Exception):
+        return error_response(exc)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(ApiError, on_error)
+    app.add_exception_handler(IndexTTSError, on_error)
+    # Anything else: a 500 envelope (Starlette still re-raises it afterwards, for the server log).
+    app.add_exception_handler(Exception, on_error)
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+def _voice_object(info) -> dict:
+    return {"id": info.name, "object": "audio.voice", "name": info.name, "created_at": info.created_at,
+            "type": "audio_sample", "source": info.source, "files": list(info.files)}
+
+
+def build_api(service: SpeechService) -> FastAPI:
+    """The FastAPI app over `service` (routes documented in README "HTTP API")."""
+    app = FastAPI(title="IndexTTS Serve", version="0.1.0")
+    install_error_handlers(app)
+    registry = service.registry
+
+    async def resolve(voice: str) -> VoiceSpec:
+        return await asyncio.to_thread(registry.resolve, voice)
+
+    async def speech(req: SpeechRequest) -> Response:
+        text = service.check_input(req.input)
+        fmt = audio_format(req.response_format)
+        speed = check_speed(req.speed)
+        try:
+            options = service.options(req)
+        except OptionsError as e:
+            raise ApiError(400, str(e), None, "invalid_value") from e
+        voice = await resolve(req.voice_name)
+        audio = await service.audio(text, voice, options, service.max_tokens(req.max_tokens_per_segment),
+                                    fmt.name, speed)
+        if req.stream_format == "sse":
+            return StreamingResponse(audio.sse(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(audio, media_type=fmt.content_type)
+
+    @app.post("/v1/audio/speech")
+    async def create_speech(req: SpeechRequest) -> Response:
+        return await speech(req)
+
+    @app.get("/v1/audio/voices")
+    async def list_voices() -> dict:
+        voices = await asyncio.to_thread(registry.list)
+        return {"object": "list", "data": [_voice_object(v) for v in voices]}
+
+    @app.post("/v1/audio/voices")
+    async def upload_voice(request: Request) -> dict:
+        how = ("send the voice as multipart/form-data with a 'name' field and one or more files under "
+               "'audio_sample' (or 'files')")
+        if not request.headers.get("content-type", "").startswith(("multipart/form-data",
+                                                                    "application/x-www-form-urlencoded")):
+            raise ApiError(400, how, None, "invalid_upload")
+        try:
+            form = await request.form(max_files=service.settings.max_upload_files + 1)
+        except Exception as e:   # malformed multipart, or too many parts
+            raise ApiError(400, f"{how}: {e}", None, "invalid_upload") from e
+        name = form.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "'name' is required", "name", "invalid_value")
+        uploads = [v for key in UPLOAD_FIELDS for v in form.getlist(key) if isinstance(v, UploadFile)]
+        if not uploads:
+            raise ApiError(400, "no audio file: attach one or more files under 'audio_sample' (or 'files')",
+                           "audio_sample", "invalid_upload")
+        if len(uploads) > service.settings.max_upload_files:
+            raise ApiError(400, f"at most {service.settings.max_upload_files} files per voice",
+                           "audio_sample", "invalid_upload")
+        files = []
+        for upload in uploads:
+            data = await upload.read(service.settings.max_upload_bytes + 1)
+            if len(data) > service.settings.max_upload_bytes:
+                raise ApiError(413, f"{upload.filename} is larger than "
+                                    f"{service.settings.max_upload_bytes} bytes", "audio_sample", "file_too_large")
+            files.append((upload.filename or "", data))
+        try:
+            info = await asyncio.to_thread(registry.add, name, files)
+        except VoiceExistsError:
+            raise
+        except (VoiceError, AudioError) as e:
+            raise ApiError(400, str(e), "audio_sample" if isinstance(e, AudioError) else "name",
+                           "invalid_upload") from e
+        return _voice_object(info)
+
+    @app.delete("/v1/audio/voices/{name}")
+    async def delete_voice(name: str) -> dict:
+        try:
+            await asyncio.to_thread(registry.delete, name)
+        except VoiceNotFoundError as e:
+            raise ApiError(404, str(e), "voice_id", "voice_not_found") from e
+        return {"id": name, "object": "audio.voice.deleted", "deleted": True}
+
+    # -- the original server's routes, drop-in --
+
+    async def legacy_wav(text: str, voice: VoiceSpec, options: SamplingOptions) -> Response:
+        audio = await service.audio(text, voice, options, service.settings.max_tokens_per_segment,
+                                    "wav", 1.0, streaming=False)
+        return Response(await audio.read(), media_type="audio/wav")
+
+    @app.post("/tts_url")
+    async def tts_url(req: TtsUrlRequest) -> Response:
+        service.check_input(req.text, "text")
+        try:
+            voice = await asyncio.to_thread(registry.resolve_paths, req.audio_paths)
+        except VoiceError as e:
+            raise ApiError(404 if isinstance(e, VoiceNotFoundError) else 400, str(e), "audio_paths",
+                           "invalid_path") from e
+        return await legacy_wav(req.text, voice, SamplingOptions(seed=req.seed))
+
+    @app.post("/tts")
+    async def tts(req: TtsRequest) -> Response:
+        service.check_input(req.text, "text")
+        try:
+            voice = await resolve(req.character)
+        except VoiceNotFoundError as e:     # the original answered 404 for an unknown character
+            raise ApiError(404, str(e), "character", "voice_not_found") from e
+        return await legacy_wav(req.text, voice, SamplingOptions())
+
+    @app.post("/audio/speech")
+    async def legacy_speech(req: LegacySpeechRequest) -> Response:
+        return await speech(req)
+
+    @app.get("/audio/voices")
+    async def legacy_voices() -> dict:
+        voices = await asyncio.to_thread(registry.list)
+        return {v.name: list(v.files) for v in voices}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "healthy", "message": "Service is running", "timestamp": time.time()}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": service.settings.model_name, "object": "model",
+                                            "created": 0, "owned_by": "indextts"}]}
+
+    return app
+

@@ -1,0 +1,67 @@
+"""`build_app(args)`: validate the typed arguments and bind the deployment graph.
+
+    serve run serve_app.app:build_app model_dir=checkpoints/IndexTTS-1.5 device=cpu gpt_engine=torch
+    serve run configs/serve_config.yaml
+
+Graph: Ingress(FastAPI) -> Frontend (CPU), GPT (GPU: conditioning + engine), Vocoder (GPU,
+batched). `build_graph` takes the stage factories explicitly, so tests bind the same graph over
+fake or tiny stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+from ray.serve import Application
+
+from indextts.checkpoint import CheckpointInfo
+from serve_app.api import ServiceSettings
+from serve_app.config import AppArgs, StageFactory
+from serve_app.frontend import Frontend
+from serve_app.gpt import GPT
+from serve_app.ingress import Ingress
+from serve_app.vocoder import Vocoder
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(args: AppArgs) -> Application:
+    """The application for `serve run` / `serve deploy` (Serve validates `args` into AppArgs)."""
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args)
+    limit = args.max_tokens_per_segment
+    if args.check_model_dir:
+        # Fail at deploy time with the checkpoint's problem, not later in every replica.
+        info = CheckpointInfo.from_dir(args.model_dir)
+        limit = info.config.gpt.max_text_tokens          # the text position table's size
+        if args.max_tokens_per_segment > limit:
+            logger.warning("max_tokens_per_segment %d exceeds this checkpoint's max_text_tokens; using %d",
+                           args.max_tokens_per_segment, limit)
+        args = args.model_copy(update={"model_dir": str(info.model_dir),
+                                       "max_tokens_per_segment": min(args.max_tokens_per_segment, limit)})
+    return build_graph(args, StageFactory("frontend", args), StageFactory("gpt", args),
+                       StageFactory("vocoder", args), max_tokens_limit=limit)
+
+
+def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make_vocoder: Callable,
+                max_tokens_limit: Optional[int] = None) -> Application:
+    """Bind Ingress over the three stage deployments; each `make_*` builds its stage in the replica.
+    `max_tokens_limit` caps a request's `max_tokens_per_segment` (the checkpoint's max_text_tokens)."""
+    voices_dir = args.resolved_voices_dir()
+    if not args.voices_dir:
+        logger.warning("voices_dir not given: using %s (use a shared volume when replicas run on "
+                       "several nodes)", voices_dir)
+    settings = ServiceSettings(model_name=args.model_name, max_input_chars=args.max_input_chars,
+                               max_tokens_per_segment=args.max_tokens_per_segment,
+                               max_tokens_per_segment_limit=max_tokens_limit or args.max_tokens_per_segment,
+                               max_upload_files=args.max_upload_files,
+                               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    gpu = args.on_gpu
+    frontend = Frontend.bind(make_frontend)
+    gpt = GPT.options(ray_actor_options={"num_cpus": 1, "num_gpus": args.gpt_num_gpus if gpu else 0}
+                      ).bind(make_gpt)
+    vocoder = Vocoder.options(ray_actor_options={"num_cpus": 1, "num_gpus": args.vocoder_num_gpus if gpu else 0}
+                              ).bind(make_vocoder, args.vocoder_max_batch_size, args.vocoder_batch_wait_timeout_s)
+    return Ingress.bind(frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead)
+

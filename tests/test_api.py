@@ -1,0 +1,405 @@
+"""The HTTP API over fake stages (no Ray): request handling, every error envelope, streaming,
+voices and the original routes. The fakes here also serve the Serve graph tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from indextts.errors import AudioError, TextError
+from indextts.stages import VoiceSpec
+from indextts.synthesis import Synthesizer
+from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment
+from indextts.voices import VoiceRegistry
+from serve_app.api import ServiceSettings, SpeechService, build_api
+
+SR = 24000
+HOP = 1024
+
+
+# -- fakes implementing the stage protocols -----------------------------------------------------
+
+class FakeFrontend:
+    """One segment per sentence; one "token" per character."""
+
+    async def process(self, text: str, max_tokens_per_segment: int) -> FrontendResult:
+        if "boom-text" in text:
+            raise TextError("nothing left to say after normalisation")
+        sentences = [s.strip() for s in text.split(".") if s.strip()]
+        if not sentences:
+            raise TextError("text is empty after normalisation")
+        segments = tuple(Segment(tuple(ord(c) % 97 + 2 for c in s[:max_tokens_per_segment]), s)
+                         for s in sentences)
+        ids = tuple(i for seg in segments for i in seg.ids)
+        return FrontendResult(normalized=text, pieces=(), ids=ids, segments=segments)
+
+
+class FakeGPT:
+    """One code per text token; latents encode the voice and the options, so tests can see them.
+
+    `delay` slows each code down; `log` (a file path) records requests and cancellations, which
+    lets tests observe replicas in other processes."""
+
+    def __init__(self, delay: float = 0.0, log: str | None = None):
+        self.delay = delay
+        self.log = log
+        self.calls: list[tuple[VoiceSpec, Segment, SamplingOptions]] = []
+        self.cancelled = 0
+
+    def _record(self, event: dict) -> None:
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions):
+        if any("broken" in r for r in voice.references):
+            raise AudioError("reference audio is silent")
+        if segment.text.startswith("crash"):
+            raise RuntimeError("CUDA error: secret internal detail at /opt/model.py:42")
+        self.calls.append((voice, segment, options))
+        self._record({"event": "start", "text": segment.text})
+        n = len(segment.ids)
+        codes = torch.arange(n, dtype=torch.long) % 8192
+        try:
+            for i in range(0, n, 4):
+                if self.delay:
+                    await asyncio.sleep(self.delay * min(4, n - i))
+                yield CodeChunk(codes=codes[i:i + 4])
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            self._record({"event": "cancelled", "text": segment.text})
+            raise
+        level = 0.1 + (int(voice.key[:4], 16) % 100) / 500 + (0.1 if options.greedy else 0.0)
+        latents = torch.full((n, 4), level)
+        self._record({"event": "done", "text": segment.text})
+        yield CodeChunk(codes=codes, latents=latents, final=True, stopped=True)
+
+
+class FakeVocoder:
+    """A 200 Hz tone whose level is the latents' value: `[n, D]` -> `[n * 1024]`. `vocode_batch`
+    logs its batch sizes to `log` (a file path), so tests can see batching across processes."""
+
+    def __init__(self, log: str | None = None):
+        self.log = log
+
+    async def vocode_batch(self, voices: list[VoiceSpec], latents: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{len(latents)}\n")
+        await asyncio.sleep(0.05)      # a GPU call's latency, so that concurrent calls queue up
+        return [await self.vocode(v, x) for v, x in zip(voices, latents)]
+
+    async def vocode(self, voice: VoiceSpec, latents: torch.Tensor) -> torch.Tensor:
+        n = latents.shape[0] * HOP
+        t = torch.arange(n, dtype=torch.float64) / SR
+        return (latents[:, 0].repeat_interleave(HOP).double() * torch.sin(2 * math.pi * 200 * t)).float()
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def voices_dir(tmp_path, tiny_dir) -> Path:
+    root = tmp_path / "voices"
+    root.mkdir()
+    shutil.copy(tiny_dir / "ref_a.wav", root / "alice.wav")
+    shutil.copy(tiny_dir / "ref_b.wav", root / "bob.wav")
+    (root / "broken.wav").write_bytes((tiny_dir / "ref_a.wav").read_bytes())
+    (root / "speaker.json").write_text(json.dumps({"alice": ["alice.wav"], "bob": ["bob.wav"],
+                                                   "broken": ["broken.wav"]}))
+    return root
+
+
+@pytest.fixture
+def gpt() -> FakeGPT:
+    return FakeGPT()
+
+
+@pytest.fixture
+def service(voices_dir, gpt) -> SpeechService:
+    settings = ServiceSettings(max_input_chars=200, max_upload_files=3, max_upload_bytes=400_000)
+    synth = Synthesizer(FakeFrontend(), gpt, FakeVocoder(), lookahead=2)
+    return SpeechService(synth, VoiceRegistry(voices_dir, max_files=3, max_file_bytes=400_000), settings)
+
+
+@pytest.fixture
+def client(service) -> TestClient:
+    return TestClient(build_api(service), raise_server_exceptions=False)
+
+
+def speech(client, **body):
+    body = {"model": "tts-1", "input": "Hello world. Bye now.", "voice": "alice", **body}
+    return client.post("/v1/audio/speech", json=body)
+
+
+def decode(data: bytes, fmt: str) -> tuple[int, float]:
+    """(sample rate, seconds) of an encoded response."""
+    if fmt == "pcm":
+        return SR, len(data) / 2 / SR
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.audio[0]
+        n = sum(f.samples for f in c.decode(stream))
+        rate = stream.codec_context.sample_rate
+    if fmt == "opus":      # ffmpeg decodes Opus at 48 kHz; the Ogg header carries our 24 kHz
+        import soundfile as sf
+        assert rate == 48000
+        return sf.info(io.BytesIO(data)).samplerate, n / rate
+    return rate, n / rate
+
+
+EXPECTED_S = (len("Hello world") + len("Bye now")) * HOP / SR
+
+
+# -- the speech endpoint ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt,ctype", [("mp3", "audio/mpeg"), ("opus", "audio/ogg"), ("aac", "audio/aac"),
+                                       ("flac", "audio/flac"), ("wav", "audio/wav"), ("pcm", "audio/pcm")])
+def test_speech_in_every_format(client, fmt, ctype):
+    r = speech(client, response_format=fmt)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == ctype
+    rate, seconds = decode(r.content, fmt)
+    assert rate == SR
+    assert seconds == pytest.approx(EXPECTED_S, abs=0.1)
+
+
+def test_default_format_is_mp3_and_voice_may_be_an_object(client, gpt):
+    r = speech(client, voice={"id": "bob"})
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg"
+    assert gpt.calls[0][0].name == "bob"
+
+
+def test_sampling_extras_reach_the_gpt_stage(client, gpt):
+    assert speech(client, temperature=0, seed=5, repetition_penalty=2.0, response_format="pcm").status_code == 200
+    opts = gpt.calls[0][2]
+    assert opts.greedy and opts.repetition_penalty == 2.0
+    gpt.calls.clear()
+    assert speech(client, temperature=0.7, top_p=0.5, top_k=7, input="One.",
+                  response_format="pcm").status_code == 200
+    opts = gpt.calls[0][2]
+    assert (opts.greedy, opts.temperature, opts.top_p, opts.top_k, opts.seed) == (False, 0.7, 0.5, 7, None)
+
+
+def test_max_tokens_per_segment_reaches_the_frontend(client, gpt):
+    assert speech(client, input="abcdefghij.", max_tokens_per_segment=4, response_format="pcm").status_code == 200
+    assert len(gpt.calls[0][1].ids) == 4
+
+
+def test_greedy_is_deterministic(client):
+    a = speech(client, temperature=0, response_format="wav").content
+    b = speech(client, temperature=0, response_format="wav").content
+    assert a == b
+
+
+def test_voice_mixing_passes_both_references(client, gpt, voices_dir):
+    assert speech(client, voice="alice+bob", response_format="pcm").status_code == 200
+    voice = gpt.calls[0][0]
+    assert sorted(Path(r).name for r in voice.references) == ["alice.wav", "bob.wav"]
+
+
+def test_speed_changes_duration(client):
+    r = speech(client, speed=2.0, response_format="wav")
+    assert decode(r.content, "wav")[1] == pytest.approx(EXPECTED_S / 2, rel=0.05)
+
+
+def test_sse_events(client):
+    r = speech(client, stream_format="sse", response_format="pcm")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[len("data: "):]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done"
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert len(audio) == 2 * round(EXPECTED_S * SR)
+    n = len("Hello world") + len("Bye now")
+    assert events[-1]["usage"] == {"input_tokens": n, "output_tokens": n, "total_tokens": 2 * n}
+
+
+def test_audio_streams_segment_by_segment(client):
+    with client.stream("POST", "/v1/audio/speech", json={"model": "m", "input": "One two. Three four. Five.",
+                                                           "voice": "alice", "response_format": "pcm"}) as r:
+        parts = [p for p in r.iter_raw() if p]
+    assert len(parts) >= 3
+
+
+# -- every error answers with the envelope ----------------------------------------------------
+
+def assert_envelope(r, status: int, param=None, message_has: str = ""):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == ("invalid_request_error" if status < 500 else "server_error")
+    if param is not None:
+        assert err["param"] == param
+    assert message_has.lower() in err["message"].lower()
+    assert "Traceback" not in r.text and "/opt/" not in r.text and "secret" not in r.text
+
+
+@pytest.mark.parametrize("body,param,message", [
+    ({"voice": "nobody"}, "voice", "unknown voice"),
+    ({"voice": "alice+nobody"}, "voice", "unknown voice"),
+    ({"voice": "../etc"}, "voice", "invalid voice name"),
+    ({"voice": ""}, "voice", "empty"),
+    ({"input": ""}, "input", "empty"),
+    ({"input": "   "}, "input", "empty"),
+    ({"input": "x" * 201}, "input", "limit is 200"),
+    ({"input": "boom-text"}, "input", "normalisation"),
+    ({"response_format": "ogg"}, "response_format", "mp3, opus, aac, flac, wav, pcm"),
+    ({"speed": 0.1}, "speed", ""),
+    ({"speed": 4.5}, "speed", ""),
+    ({"stream_format": "chunks"}, "stream_format", ""),
+    ({"temperature": -1}, "temperature", ""),
+    ({"top_p": 0}, "top_p", ""),
+    ({"seed": -3}, "seed", ""),
+    ({"max_tokens_per_segment": 100000}, "max_tokens_per_segment", ""),
+    ({"model": None}, "model", ""),
+    ({"input": None}, "input", ""),
+])
+def test_client_mistakes_are_400_envelopes(client, body, param, message):
+    base = {"model": "tts-1", "input": "Hello.", "voice": "alice"}
+    payload = {k: v for k, v in {**base, **body}.items() if v is not None}
+    assert_envelope(client.post("/v1/audio/speech", json=payload), 400, param, message)
+
+
+def test_malformed_json_and_unknown_routes(client):
+    r = client.post("/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
+    assert_envelope(r, 400, None, "json")
+    assert_envelope(client.get("/v1/nothing"), 404)
+    assert_envelope(client.get("/v1/audio/speech"), 405)
+
+
+def test_bad_reference_audio_is_a_client_error(client):
+    assert_envelope(speech(client, voice="broken"), 400, None, "silent")
+
+
+def test_internal_errors_are_500_without_internals(client):
+    assert_envelope(speech(client, input="crash please."), 500, None, "")
+
+
+def test_errors_after_the_first_segment_end_an_sse_stream_with_an_error_event(client):
+    r = speech(client, input="fine. crash later.", stream_format="sse")
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "server_error"
+    assert "secret" not in r.text
+
+
+# -- voices -----------------------------------------------------------------------------------
+
+def test_voice_upload_list_use_delete(client, tiny_dir, gpt):
+    data = (tiny_dir / "ref_a.wav").read_bytes()
+    r = client.post("/v1/audio/voices", data={"name": "carol", "consent": "cons_1"},
+                    files=[("audio_sample", ("c1.wav", data, "audio/wav")), ("files", ("c2.wav", data, "audio/wav"))])
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "carol" and r.json()["object"] == "audio.voice" and len(r.json()["files"]) == 2
+    listed = client.get("/v1/audio/voices").json()
+    assert listed["object"] == "list"
+    assert {v["id"]: v["source"] for v in listed["data"]} == {"alice": "preset", "bob": "preset",
+                                                              "broken": "preset", "carol": "upload"}
+    assert speech(client, voice="carol", response_format="pcm").status_code == 200
+    assert len(gpt.calls[0][0].references) == 2
+    r = client.delete("/v1/audio/voices/carol")
+    assert r.json() == {"id": "carol", "object": "audio.voice.deleted", "deleted": True}
+    assert_envelope(speech(client, voice="carol"), 400, "voice", "unknown voice")
+    assert_envelope(client.delete("/v1/audio/voices/carol"), 404)
+
+
+def test_bad_uploads_are_client_errors(client, tiny_dir):
+    data = (tiny_dir / "ref_a.wav").read_bytes()
+    wav = ("a.wav", data, "audio/wav")
+    post = lambda **kw: client.post("/v1/audio/voices", **kw)  # noqa: E731
+    assert_envelope(post(json={"name": "x"}), 400, None, "multipart")
+    assert_envelope(post(data={"name": "x"}), 400, "audio_sample", "no audio file")
+    assert_envelope(post(files=[("audio_sample", wav)]), 400, "name", "required")
+    assert_envelope(post(data={"name": "../x"}, files=[("audio_sample", wav)]), 400, "name", "invalid voice name")
+    assert_envelope(post(data={"name": "x"}, files=[("audio_sample", ("n.wav", b"not audio", "audio/wav"))]),
+                    400, "audio_sample", "not a readable audio file")
+    assert_envelope(post(data={"name": "x"}, files=[("audio_sample", wav)] * 4), 400, "audio_sample", "at most")
+    assert_envelope(post(data={"name": "x"}, files=[("audio_sample", ("big.wav", b"0" * 400_001, "audio/wav"))]),
+                    413, "audio_sample", "larger")
+    assert_envelope(post(data={"name": "alice"}, files=[("audio_sample", wav)]), 409, "name", "preset")
+    assert post(data={"name": "x"}, files=[("audio_sample", wav)]).status_code == 200
+    assert_envelope(post(data={"name": "x"}, files=[("audio_sample", wav)]), 409, "name", "already exists")
+    assert_envelope(client.delete("/v1/audio/voices/alice"), 400, None, "preset")
+
+
+# -- the original routes ----------------------------------------------------------------------
+
+def test_original_routes(client, gpt, voices_dir):
+    r = client.post("/tts_url", json={"text": "Hi there.", "audio_paths": ["alice.wav"]})
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    import wave
+    with wave.open(io.BytesIO(r.content)) as w:        # sent whole: exact sizes in the header
+        assert (w.getframerate(), w.getnframes()) == (SR, len("Hi there") * HOP)
+    assert gpt.calls[-1][2].seed == 8                   # the original's default seed
+    r = client.post("/tts_url", json={"text": "Hi.", "audio_paths": [str(voices_dir / "bob.wav")], "seed": 3})
+    assert r.status_code == 200 and gpt.calls[-1][2].seed == 3
+    assert client.post("/tts", json={"text": "Hi.", "character": "bob"}).headers["content-type"] == "audio/wav"
+    r = client.post("/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "alice"})
+    assert r.headers["content-type"] == "audio/wav"     # the original always answered WAV
+    assert client.get("/audio/voices").json() == {"alice": ["alice.wav"], "bob": ["bob.wav"],
+                                                  "broken": ["broken.wav"]}
+    health = client.get("/health").json()
+    assert health["status"] == "healthy"
+
+
+@pytest.mark.parametrize("paths,status", [(["../private.wav"], 400), (["/etc/passwd"], 400),
+                                          (["missing.wav"], 404), ([], 400)])
+def test_tts_url_never_reads_outside_voices_dir(client, tmp_path, paths, status):
+    (tmp_path / "private.wav").write_bytes(b"private")
+    r = client.post("/tts_url", json={"text": "Hi.", "audio_paths": paths})
+    assert_envelope(r, status, "audio_paths")
+
+
+def test_original_route_errors_use_the_envelope(client):
+    assert_envelope(client.post("/tts", json={"text": "Hi.", "character": "nobody"}), 404, "character")
+    assert_envelope(client.post("/tts", json={"text": "", "character": "alice"}), 400, "text", "empty")
+    assert_envelope(client.post("/tts", json={"character": "alice"}), 400, "text", "required")
+
+
+# -- cancellation -----------------------------------------------------------------------------
+
+def test_closing_the_response_cancels_segments_in_flight(voices_dir):
+    gpt = FakeGPT(delay=0.02)
+    service = SpeechService(Synthesizer(FakeFrontend(), gpt, FakeVocoder(), lookahead=3),
+                            VoiceRegistry(voices_dir))
+
+    async def run():
+        voice = service.registry.resolve("alice")
+        audio = await service.audio("One two three. Four five six. Seven eight nine. Ten eleven.", voice,
+                                    SamplingOptions(), 120, "pcm", 1.0)
+        stream = audio.__aiter__()
+        first = await stream.__anext__()
+        await stream.aclose()            # what Starlette does when the client goes away
+        await asyncio.sleep(0.05)
+        return first
+
+    assert asyncio.run(run())
+    assert gpt.cancelled >= 1                      # segments generated ahead were aborted
+    assert len(gpt.calls) < 4 or gpt.cancelled >= 2
+
+
+def test_the_library_never_imports_ray_or_fastapi():
+    code = ("import sys, indextts.formats, indextts.voices, indextts.pipeline, indextts.synthesis; "
+            "print(sorted(m for m in ('ray', 'fastapi', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_fakes_produce_the_expected_audio_length():
+    async def run():
+        synth = Synthesizer(FakeFrontend(), FakeGPT(), FakeVocoder())
+        spec = VoiceSpec((str(Path(__file__).parent / "golden/tiny/ref_a.wav"),))
+        return await synth.synthesize("Hello world. Bye now.", spec)
+    assert np.isclose(asyncio.run(run()).numel() / SR, EXPECTED_S)

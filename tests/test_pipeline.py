@@ -1,0 +1,180 @@
+"""End-to-end synthesis on the tiny checkpoint: golden waveforms, concurrency, CLI, bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import soundfile as sf
+import torch
+
+from indextts.cli import main
+from indextts.errors import AudioError, OptionsError, TextError, VoiceError
+from indextts.pipeline import IndexTTS, parse_device
+from indextts.types import SamplingOptions
+
+from conftest import TINY
+
+GREEDY = SamplingOptions.deterministic()
+
+
+@pytest.fixture(scope="module")
+def tts():
+    with IndexTTS.from_pretrained(TINY, device="cpu") as model:
+        yield model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _golden_e2e(expected_meta, index):
+    run = expected_meta["e2e"][index]
+    return run["text"], TINY / run["audio_prompt"], run["max_text_tokens_per_sentence"]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_greedy_reproduces_golden_waveform(tts, expected, expected_meta, index):
+    text, ref, max_tokens = _golden_e2e(expected_meta, index)
+    audio = tts.synthesize(text, ref, GREEDY, max_tokens_per_segment=max_tokens)
+    want = expected[f"e2e{index}.wav_int16"].reshape(-1)
+    assert audio.dtype == torch.int16 and audio.shape == want.shape
+    assert (audio.int() - want.int()).abs().max() <= 2
+
+
+def test_stream_yields_each_segment(tts, expected, expected_meta):
+    text, ref, max_tokens = _golden_e2e(expected_meta, 1)
+    chunks = list(tts.stream(text, ref, GREEDY, max_tokens_per_segment=max_tokens))
+    assert [c.metadata["segment"] for c in chunks] == [0, 1, 2]
+    assert [c.final for c in chunks] == [False, False, True]
+    codes = [len(s["codes_raw"]) - (s["codes_raw"][-1] == 8193) for s in expected_meta["e2e"][1]["segments"]]
+    assert [c.samples.numel() for c in chunks] == [1024 * n for n in codes]
+
+
+def test_concurrent_threads_equal_sequential(tts, expected_meta):
+    texts = ["Hello world, this is a test.", "Nice to meet you, my friend.", "Good morning!",
+             "今天天气真好，我们去公园散步吧。", "I have 3 apples.", "See you tomorrow.",
+             "我在2024年买了3台GPU。", "What a lovely day."]
+    sequential = [tts.synthesize(t, TINY / "ref_a.wav", GREEDY) for t in texts]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i):
+        results[i] = tts.synthesize(texts[i], TINY / "ref_a.wav", GREEDY)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(sequential):
+        assert torch.equal(results[i], want), texts[i]
+
+
+def test_seeded_sampling_reproducible(tts):
+    opts = SamplingOptions(seed=1234, max_codes=30)
+    a = tts.synthesize("Hello world.", TINY / "ref_a.wav", opts)
+    b = tts.synthesize("Hello world.", TINY / "ref_a.wav", opts)
+    c = tts.synthesize("Hello world.", TINY / "ref_a.wav", SamplingOptions(seed=99, max_codes=30))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_mixed_voice_differs_and_is_order_independent(tts):
+    a = tts.synthesize("Hello world.", TINY / "ref_a.wav", GREEDY)
+    ab = tts.synthesize("Hello world.", [TINY / "ref_a.wav", TINY / "ref_b.wav"], GREEDY)
+    ba = tts.synthesize("Hello world.", [TINY / "ref_b.wav", TINY / "ref_a.wav"], GREEDY)
+    assert not torch.equal(a, ab)
+    assert (ab.int() - ba.int()).abs().max() <= 2
+
+
+def test_voice_conditioning_is_cached(tts):
+    voice = tts.voice(TINY / "ref_a.wav")
+    first = tts.gpt.conditioning(voice)
+    assert tts.gpt.conditioning(voice) is first
+    assert tts.vocoder.speaker_embedding(voice) is tts.vocoder.speaker_embedding(voice)
+
+
+@pytest.mark.parametrize("text,error", [("", TextError), ("   \n\t", TextError), ("x" * 5000, TextError)])
+def test_bad_text(tts, text, error):
+    with pytest.raises(error):
+        tts.synthesize(text, TINY / "ref_a.wav", GREEDY)
+
+
+def test_text_that_normalises_to_nothing(tts):
+    with pytest.raises(TextError):
+        tts.synthesize("。。。 ，，", TINY / "ref_a.wav", GREEDY)
+
+
+def test_bad_options(tts):
+    with pytest.raises(OptionsError, match="max_tokens_per_segment"):
+        tts.synthesize("Hello.", TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=500)
+    with pytest.raises(OptionsError, match="max_codes"):
+        tts.synthesize("Hello.", TINY / "ref_a.wav", SamplingOptions.deterministic(max_codes=1000))
+    for kwargs in ({"temperature": 0}, {"top_p": 1.5}, {"top_k": -1}, {"repetition_penalty": 0},
+                   {"seed": -3}, {"max_codes": 0}):
+        with pytest.raises(OptionsError):
+            SamplingOptions(**kwargs)
+
+
+def test_bad_voice(tts, tmp_path):
+    with pytest.raises(VoiceError, match="not found"):
+        tts.voice(tmp_path / "nobody.wav")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF nonsense")
+    with pytest.raises(AudioError):
+        tts.synthesize("Hello.", junk, GREEDY)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7" if not torch.cuda.is_available() else "cuda:99", "nonsense"])
+def test_unknown_device(device):
+    with pytest.raises(OptionsError):
+        parse_device(device)
+
+
+def test_unknown_engine():
+    with pytest.raises(OptionsError, match="engine"):
+        IndexTTS.from_pretrained(TINY, engine="onnx")
+
+
+def test_cli_synth_greedy_matches_golden(tmp_path, expected, expected_meta):
+    text, ref, max_tokens = _golden_e2e(expected_meta, 1)
+    out = tmp_path / "out.wav"
+    assert main(["synth", "--model-dir", str(TINY), "--voice", str(ref), "--text", text, "--out", str(out),
+                 "--greedy", "--max-text-tokens-per-segment", str(max_tokens)]) == 0
+    data, sr = sf.read(out, dtype="int16")
+    info = sf.info(out)
+    assert sr == 24000 and info.channels == 1 and info.subtype == "PCM_16"
+    want = expected["e2e1.wav_int16"].reshape(-1)
+    assert data.shape[0] == want.shape[0]
+    assert abs(torch.from_numpy(data).int() - want.int()).max() <= 2
+
+
+def test_cli_text_file(tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Hello world.\n\nGood morning!\n你好。\n", encoding="utf-8")
+    out = tmp_path / "outdir"
+    assert main(["synth", "--model-dir", str(TINY), "--voice", str(TINY / "ref_a.wav"),
+                 "--voice", str(TINY / "ref_b.wav"), "--text-file", str(lines), "--out", str(out),
+                 "--seed", "7", "--max-codes", "20"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["1.wav", "2.wav", "3.wav"]
+    for f in files:
+        info = sf.info(out / f)
+        assert info.samplerate == 24000 and info.frames > 0
+
+
+def test_cli_errors(tmp_path, capsys):
+    args = ["synth", "--model-dir", str(TINY), "--voice", str(TINY / "ref_a.wav"), "--out", str(tmp_path / "o.wav")]
+    assert main(args + ["--text", "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(args + ["--text", "Hello", "--device", "tpu"]) == 2
+    assert "device" in capsys.readouterr().err
+    assert main(args + ["--text", "Hello", "--top-p", "2"]) == 2
+    assert "top_p" in capsys.readouterr().err
+    assert main(["synth", "--model-dir", str(tmp_path / "none"), "--voice", "x.wav", "--text", "hi",
+                 "--out", str(tmp_path / "o.wav")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,332 @@
+"""The Serve graph with real Ray Serve on CPU, through real HTTP clients (the `openai` SDK,
+`requests`). One Ray instance for the session; two applications in it:
+
+- `/tiny`: `build_app` over the tiny checkpoint (torch GPT engine), the real thing on CPU;
+- `/fake`: the same graph over the fake stages of test_api.py, to observe cancellation and
+  errors raised inside replicas.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+import test_api
+from test_api import FakeFrontend, FakeGPT, FakeVocoder, decode
+
+ray = pytest.importorskip("ray")
+openai = pytest.importorskip("openai")
+from ray import serve  # noqa: E402
+
+from serve_app.app import build_app, build_graph  # noqa: E402
+from serve_app.config import AppArgs  # noqa: E402
+
+SR = 24000
+FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+CODEC_SLACK_S = {"mp3": 0.1, "aac": 0.1, "opus": 0.03}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_url():
+    """A local Ray (logical CPUs: replicas idle most of the time) with Serve on a free port."""
+    port = _free_port()
+    ray.init(num_cpus=12, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.cloudpickle.register_pickle_by_value(test_api)   # the fakes travel to the replicas
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _voices_dir(root: Path, tiny_dir: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_dir / "ref_a.wav", root / "ref_a.wav")
+    shutil.copy(tiny_dir / "ref_b.wav", root / "ref_b.wav")
+    (root / "speaker.json").write_text(json.dumps({"alice": ["ref_a.wav"], "bob": ["ref_b.wav"]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_app(serve_url, tmp_path_factory, tiny_dir):
+    root = tmp_path_factory.mktemp("fake")
+    log = root / "gpt.log"
+    args = AppArgs(model_dir="unused", device="cpu", voices_dir=str(_voices_dir(root / "voices", tiny_dir)),
+                   check_model_dir=False)
+    app = build_graph(args, FakeFrontend, functools.partial(FakeGPT, delay=0.02, log=str(log)),
+                      functools.partial(FakeVocoder, log=str(root / "vocoder.log")))
+    serve.run(app, name="fake", route_prefix="/fake")
+    return f"{serve_url}/fake", log
+
+
+@pytest.fixture(scope="session")
+def tiny_app(serve_url, tmp_path_factory, tiny_dir):
+    try:
+        from indextts.text import TextFrontend  # noqa: F401
+    except ImportError:
+        pytest.skip("the text frontend (indextts.text.TextFrontend) is not available yet")
+    root = tmp_path_factory.mktemp("tiny")
+    voices = _voices_dir(root / "voices", tiny_dir)
+    app = build_app({"model_dir": str(tiny_dir), "device": "cpu", "gpt_engine": "torch",
+                     "voices_dir": str(voices)})
+    serve.run(app, name="tiny", route_prefix="/tiny")
+    return f"{serve_url}/tiny", voices
+
+
+@pytest.fixture(scope="session")
+def sdk(tiny_app):
+    return openai.OpenAI(base_url=f"{tiny_app[0]}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+# -- the real graph on the tiny checkpoint ----------------------------------------------------
+
+TEXT = "Hello world. This is a test."
+
+
+def greedy(sdk, fmt: str, text: str = TEXT, voice: str = "alice", **extra) -> bytes:
+    return sdk.audio.speech.create(model="tts-1", voice=voice, input=text, response_format=fmt,
+                                   extra_body={"temperature": 0, **extra}).read()
+
+
+def test_openai_sdk_speech_in_all_six_formats(sdk):
+    reference_s = len(greedy(sdk, "pcm")) / 2 / SR
+    assert reference_s > 0
+    for fmt in FORMATS:
+        rate, seconds = decode(greedy(sdk, fmt), fmt)
+        assert rate == SR, fmt
+        assert abs(seconds - reference_s) <= CODEC_SLACK_S.get(fmt, 0.0) + 1e-6, fmt
+
+
+def test_openai_sdk_streams_audio_before_the_request_finishes(sdk):
+    text = "One two three. Four five six. Seven eight nine. Ten eleven twelve. Thirteen fourteen."
+    arrivals, sizes = [], []
+    start = time.perf_counter()
+    with sdk.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="alice", input=text, response_format="pcm",
+            extra_body={"temperature": 0, "max_tokens_per_segment": 8}) as response:
+        for chunk in response.iter_bytes():
+            arrivals.append(time.perf_counter() - start)
+            sizes.append(len(chunk))
+    print("arrivals", [round(a, 3) for a in arrivals], sizes)
+    assert len(arrivals) >= 3
+    assert arrivals[0] < arrivals[-1] - 0.05            # first audio well before the end
+    assert sizes[0] < sum(sizes)
+    assert b"".join([]) == b"" and sum(sizes) % 2 == 0
+
+
+def test_sse_stream_through_real_serve(tiny_app):
+    r = requests.post(f"{tiny_app[0]}/v1/audio/speech", json={
+        "model": "tts-1", "voice": "bob", "input": TEXT, "stream_format": "sse", "response_format": "pcm"},
+        timeout=120)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] > 0
+    assert {e["type"] for e in events[:-1]} == {"speech.audio.delta"}
+
+
+def test_openai_sdk_lists_uploads_and_deletes_voices(sdk, tiny_app, tiny_dir):
+    listed = sdk.get("/audio/voices", cast_to=object)
+    assert {v["id"] for v in listed["data"]} >= {"alice", "bob"}
+    with open(tiny_dir / "ref_b.wav", "rb") as f:
+        voice = sdk.audio.voices.create(name="carol", audio_sample=f, consent="cons_test")
+    assert voice.id == "carol" and voice.object == "audio.voice"
+    assert "carol" in {v["id"] for v in sdk.get("/audio/voices", cast_to=object)["data"]}
+    # The upload holds bob's recording: same conditioning, same greedy audio.
+    assert greedy(sdk, "wav", voice="carol") == greedy(sdk, "wav", voice="bob")
+    deleted = sdk.audio.voices.delete("carol")
+    assert deleted.deleted and deleted.id == "carol"
+    with pytest.raises(openai.BadRequestError) as err:
+        greedy(sdk, "wav", voice="carol")
+    assert err.value.body["param"] == "voice"
+    with pytest.raises(openai.NotFoundError):
+        sdk.audio.voices.delete("carol")
+
+
+def test_voice_mixing(sdk):
+    mixed = greedy(sdk, "pcm", voice="alice+bob")
+    assert mixed and mixed != greedy(sdk, "pcm", voice="alice")
+
+
+def test_original_routes_answer_as_before(tiny_app):
+    url, voices = tiny_app
+    r = requests.post(f"{url}/tts_url", json={"text": TEXT, "audio_paths": ["ref_a.wav"]}, timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    with wave.open(io.BytesIO(r.content)) as w:
+        assert w.getframerate() == SR and w.getnframes() > 0
+    r2 = requests.post(f"{url}/tts_url", json={"text": TEXT, "audio_paths": ["ref_a.wav"]}, timeout=120)
+    assert r2.content == r.content                       # seed 8 by default: reproducible
+    r = requests.post(f"{url}/tts", json={"text": TEXT, "character": "bob"}, timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    r = requests.post(f"{url}/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": "alice"}, timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    assert requests.get(f"{url}/audio/voices", timeout=30).json() == {"alice": ["ref_a.wav"], "bob": ["ref_b.wav"]}
+    assert requests.get(f"{url}/health", timeout=30).json()["status"] == "healthy"
+    r = requests.post(f"{url}/tts_url", json={"text": TEXT, "audio_paths": ["../../../../etc/passwd"]}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "audio_paths"
+
+
+def test_sixteen_concurrent_requests_all_succeed(sdk):
+    def one(i: int) -> bytes:
+        return sdk.audio.speech.create(model="tts-1", voice="alice" if i % 2 else "bob", input=f"Number {i}.",
+                                       response_format="wav", extra_body={"seed": i}).read()
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    for data in results:
+        rate, seconds = decode(data, "wav")
+        assert rate == SR and seconds > 0
+
+
+def test_greedy_speech_equals_indextts_synth_greedy(sdk, tiny_dir, tmp_path):
+    out = tmp_path / "synth.wav"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}      # as in the replicas: same float reductions
+    subprocess.run([sys.executable, "-m", "indextts", "synth", "--model-dir", str(tiny_dir), "--voice",
+                    str(tiny_dir / "ref_a.wav"), "--text", TEXT, "--greedy", "--max-text-tokens-per-segment",
+                    "40", "--out", str(out)], check=True, env=env, capture_output=True, timeout=300)
+    with wave.open(str(out)) as w:
+        expected = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    served = np.frombuffer(greedy(sdk, "pcm", max_tokens_per_segment=40), "<i2")
+    assert len(expected) > 0
+    np.testing.assert_array_equal(served, expected)
+    served_wav = greedy(sdk, "wav", max_tokens_per_segment=40)
+    assert served_wav[44:] == expected.astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"voice": "nobody"}, 400, "voice"),
+    ({"input": ""}, 400, "input"),
+    ({"input": "x" * 5000}, 400, "input"),
+    ({"response_format": "ogg"}, 400, "response_format"),
+    ({"speed": 9}, 400, "speed"),
+])
+def test_errors_through_serve_use_the_envelope(tiny_app, body, status, param):
+    payload = {"model": "tts-1", "input": TEXT, "voice": "alice", **body}
+    r = requests.post(f"{tiny_app[0]}/v1/audio/speech", json=payload, timeout=60)
+    assert r.status_code == status
+    assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+def test_serve_config_matches_the_graph_and_its_args():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    app = schema.applications[0]
+    assert app.import_path == "serve_app.app:build_app"
+    args = AppArgs.model_validate(app.args)
+    assert args.on_gpu and args.gpt_engine == "vllm"
+    graph = build_graph(args.model_copy(update={"check_model_dir": False}), FakeFrontend, FakeGPT, FakeVocoder)
+    bound = {d.name for d in _deployments(graph)}
+    assert {d.name for d in app.deployments} == bound == {"Ingress", "Frontend", "GPT", "Vocoder"}
+    for d in app.deployments:
+        assert d.autoscaling_config and d.max_ongoing_requests and d.ray_actor_options
+    gpus = {d.name: d.ray_actor_options.num_gpus or 0 for d in app.deployments}
+    assert gpus["GPT"] > 0 and gpus["Vocoder"] > 0 and gpus["GPT"] + 2 * gpus["Vocoder"] <= 1
+
+
+def _deployments(app):
+    from ray.serve._private.build_app import build_app as flatten
+    return flatten(app, name="check").deployments
+
+
+@pytest.mark.parametrize("args,problem", [
+    ({"device": "cpu"}, "model_dir"),
+    ({"model_dir": "x", "device": "tpu"}, "device"),
+    ({"model_dir": "x", "gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+    ({"model_dir": "x", "gpt_engine": "tensorrt"}, "gpt_engine"),
+    ({"model_dir": "x", "max_num_seqs": 0}, "max_num_seqs"),
+    ({"model_dir": "x", "unknown_option": 1}, "unknown_option"),
+])
+def test_build_app_rejects_bad_args(args, problem):
+    with pytest.raises(ValueError, match=problem):
+        build_app(args)
+
+
+def test_build_app_checks_the_model_dir(tmp_path):
+    from indextts.errors import ModelDirError
+    with pytest.raises(ModelDirError, match="config.yaml"):
+        build_app({"model_dir": str(tmp_path), "device": "cpu"})
+
+
+def test_build_app_takes_serve_run_strings(tiny_dir):
+    # `serve run serve_app.app:build_app key=value` passes strings; Serve validates into AppArgs.
+    args = AppArgs.model_validate({"model_dir": str(tiny_dir), "device": "cpu", "max_num_seqs": "8",
+                                   "enforce_eager": "true", "gpu_memory_utilization": "0.2"})
+    assert (args.max_num_seqs, args.enforce_eager, args.gpu_memory_utilization) == (8, True, 0.2)
+    assert build_app(args) is not None
+
+
+# -- the fake graph: errors inside replicas, cancellation -------------------------------------
+
+def test_errors_raised_inside_replicas_keep_their_status(fake_app):
+    url, _ = fake_app
+    post = lambda text, voice="alice": requests.post(f"{url}/v1/audio/speech", timeout=60, json={  # noqa: E731
+        "model": "m", "input": text, "voice": voice, "response_format": "pcm"})
+    r = post("boom-text")                                 # TextError in the Frontend replica
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    assert "Traceback" not in r.text and "ray" not in r.json()["error"]["message"].lower()
+    r = post("crash now.")                                # RuntimeError in the GPT replica
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "secret" not in r.text and "Traceback" not in r.text
+    assert post("Fine.").status_code == 200
+
+
+def test_client_disconnect_cancels_generation_in_the_gpt_replica(fake_app):
+    url, log = fake_app
+    # Segment i has 10 * (i + 1) characters: later segments are still generating (in the GPT
+    # replica, lookahead 4) when the first one is played.
+    text = " ".join(f"{i:02d}" + "x" * (10 * (i + 1) - 2) + "." for i in range(12))
+    with requests.post(f"{url}/v1/audio/speech", json={"model": "m", "input": text, "voice": "bob",
+                                                       "response_format": "pcm"}, stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        first = next(r.iter_content(chunk_size=None))
+        assert first
+    # The response is closed after one segment: segments in flight must be aborted in the GPT replica.
+    deadline = time.time() + 20
+    events = []
+    while time.time() < deadline:
+        events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        if any(e["event"] == "cancelled" for e in events):
+            break
+        time.sleep(0.2)
+    cancelled = {e["text"][:2] for e in events if e["event"] == "cancelled"}
+    assert cancelled, events
+    started = {e["text"][:2] for e in events if e["event"] == "start" and e["text"][2:3] == "x"}
+    assert len(started) < 12                               # the rest of the text never ran
+
+
+def test_concurrent_segments_are_vocoded_in_batches(fake_app):
+    url, log = fake_app
+    batches = log.parent / "vocoder.log"
+    before = len(batches.read_text().split()) if batches.exists() else 0
+
+    def one(i: int) -> int:
+        return requests.post(f"{url}/v1/audio/speech", timeout=60, json={
+            "model": "m", "input": f"Voice {i}.", "voice": "alice", "response_format": "pcm"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(one, range(16))) == {200}
+    sizes = [int(n) for n in batches.read_text().split()[before:]]
+    assert sum(sizes) == 16 and max(sizes) > 1

