@@ -189,6 +189,21 @@ def load_gpt(info: CheckpointInfo, device: str | torch.device = "cpu",
     return model.to(device=device, dtype=dtype).eval()
 
 
+def load_conditioner(info: CheckpointInfo, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Only the voice encoder of `gpt.pth` (conformer + perceiver), strictly: for engines that run
+    the GPT itself elsewhere (vLLM) and must not hold a second copy of its weights."""
+    from indextts.gpt.model import Conditioner
+    with torch.device("meta"):
+        model = Conditioner(info.config.gpt)
+    model = model.to_empty(device="cpu")
+    stored = read_state_dict(info.gpt_path, ("model",))
+    subset = {k: v for k, v in stored.items() if k.startswith(Conditioner.PREFIXES)}
+    load_strict(model, subset, f"{info.gpt_path.name} (conditioning encoder)")
+    model.post_load()
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def load_vocoder(info: CheckpointInfo, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> nn.Module:
     """BigVGAN with `bigvgan_generator.pth` loaded strictly and weight norm folded, in eval mode."""

@@ -108,6 +108,30 @@ class TextFrontendStage:
         return await loop.run_in_executor(self._executor, self.process_sync, text, max_tokens_per_segment)
 
 
+class VoiceConditioner:
+    """Conditioning latents per voice: reference mels through the conformer + perceiver, the
+    references averaged (optionally weighted), cached by the voice's content key."""
+
+    def __init__(self, model, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64):
+        self.model = model          # anything with get_conditioning(mel, lengths), device, dtype
+        self.limits = limits
+        self._cache = KeyedCache(cache_size)
+
+    def __call__(self, voice: VoiceSpec) -> torch.Tensor:
+        """`[1, 32, D]` conditioning latents of `voice`, computed once per key."""
+        return self._cache.get_or_compute(voice.key, lambda: self._compute(voice))
+
+    @torch.no_grad()
+    def _compute(self, voice: VoiceSpec) -> torch.Tensor:
+        from indextts.gpt.generation import average_conditioning
+        latents = []
+        for mel in voice_mels(voice, self.limits):
+            mel = mel.to(self.model.device, self.model.dtype)
+            lengths = torch.tensor([mel.shape[-1]], device=self.model.device)
+            latents.append(self.model.get_conditioning(mel, lengths))
+        return average_conditioning(latents, voice.weights)
+
+
 class TorchGPTStage:
     """`GPTStage` on the PyTorch reference engine: conditioning + code generation + latents.
 
@@ -118,8 +142,7 @@ class TorchGPTStage:
     def __init__(self, model, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64,
                  max_workers: int = 16):
         self.model = model
-        self.limits = limits
-        self._voices = KeyedCache(cache_size)
+        self.conditioning = VoiceConditioner(model, limits, cache_size)
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpt")
 
     @classmethod
@@ -129,20 +152,6 @@ class TorchGPTStage:
     @property
     def cfg(self):
         return self.model.cfg
-
-    def conditioning(self, voice: VoiceSpec) -> torch.Tensor:
-        """`[1, 32, D]` conditioning latents of `voice` (references averaged), computed once."""
-        return self._voices.get_or_compute(voice.key, lambda: self._compute_conditioning(voice))
-
-    @torch.no_grad()
-    def _compute_conditioning(self, voice: VoiceSpec) -> torch.Tensor:
-        from indextts.gpt.generation import average_conditioning
-        latents = []
-        for mel in voice_mels(voice, self.limits):
-            mel = mel.to(self.model.device, self.model.dtype)
-            lengths = torch.tensor([mel.shape[-1]], device=self.model.device)
-            latents.append(self.model.get_conditioning(mel, lengths))
-        return average_conditioning(latents, voice.weights)
 
     def check_options(self, segment: Segment, options: SamplingOptions) -> None:
         check_segment_options(self.cfg, segment, options)

@@ -253,3 +253,32 @@ class UnifiedVoice(nn.Module):
         """An empty KV cache for `batch` rows of up to `capacity` positions."""
         return KVCache.empty(self.cfg.layers, batch, self.cfg.heads, self.cfg.head_dim, capacity,
                              dtype=self.dtype, device=self.device)
+
+
+class Conditioner(nn.Module):
+    """The voice half of UnifiedVoice (conformer + perceiver), for engines whose GPT lives
+    elsewhere (vLLM): same submodule names, so it loads the `conditioning_encoder.*` and
+    `perceiver_encoder.*` keys of gpt.pth."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        cond = cfg.condition
+        self.conditioning_encoder = ConformerEncoder(cond, MEL_BINS)
+        self.perceiver_encoder = PerceiverResampler(cfg.model_dim, cond.output_size, cond.num_latents,
+                                                    cond.attention_heads, cond.perceiver_mult)
+
+    PREFIXES = ("conditioning_encoder.", "perceiver_encoder.")
+
+    def post_load(self) -> None:
+        self.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.perceiver_encoder.latents.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.perceiver_encoder.latents.dtype
+
+    get_conditioning = UnifiedVoice.get_conditioning

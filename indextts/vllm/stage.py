@@ -1,0 +1,63 @@
+"""`VLLMGPTStage`: the GPT stage (`indextts.stages.GPTStage`) on the vLLM engine.
+
+Voices are encoded here with the conformer + perceiver only (`checkpoint.load_conditioner`):
+the GPT's weights live once, inside vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator
+
+import torch
+
+from indextts.audio import ReferenceLimits
+from indextts.checkpoint import CheckpointInfo, load_conditioner
+from indextts.pipeline import VoiceConditioner, check_segment_options
+from indextts.stages import VoiceSpec
+from indextts.types import CodeChunk, SamplingOptions, Segment
+
+_VLLM_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class VLLMGPTStage:
+    def __init__(self, engine, conditioner, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64):
+        self.engine = engine
+        self.conditioning = VoiceConditioner(conditioner, limits, cache_size)
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conditioning")
+
+    @classmethod
+    def from_checkpoint(cls, info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
+                        limits: ReferenceLimits = ReferenceLimits(), gpu_memory_utilization: float = 0.5,
+                        **engine_kwargs) -> "VLLMGPTStage":
+        from indextts.vllm.engine import VLLMEngine
+
+        if device.type == "cpu":
+            engine_kwargs.setdefault("enforce_eager", True)
+        engine = VLLMEngine.create(info.model_dir, dtype=_VLLM_DTYPES.get(dtype, "auto"),
+                                   gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)
+        return cls(engine, load_conditioner(info, device, dtype), limits)
+
+    @property
+    def cfg(self):
+        return self.engine.config
+
+    async def generate(self, voice: VoiceSpec, segment: Segment,
+                       options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
+        check_segment_options(self.cfg, segment, options)
+        loop = asyncio.get_running_loop()
+        cond = await loop.run_in_executor(self._executor, self.conditioning, voice)
+        gen = self.engine.generate(cond, segment, options)
+        try:
+            async for chunk in gen:
+                yield chunk
+        finally:
+            await gen.aclose()
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.shutdown()
