@@ -187,7 +187,8 @@ class EncodedAudio:
         finally:
             await self.chunks.aclose()
         if self.metrics:
-            self.metrics.finished(self.encoder.samples_out / SAMPLE_RATE, time.perf_counter() - self.started, segments)
+            self.metrics.finished(self.encoder.samples_out / SAMPLE_RATE, time.perf_counter() - self.started,
+                                  segments)
 
     async def read(self) -> bytes:
         return b"".join([part async for part in self])
@@ -201,7 +202,7 @@ class EncodedAudio:
             raise
         except Exception as exc:  # headers are gone: report in-band, as OpenAI does
             logger.exception("synthesis failed mid-stream")
-            yield _event({"type": "error", "error": _error_body(*_classify(exc))["error"]})
+            yield _event({"type": "error", "error": _error_body(*_classify(exc)[1:])["error"]})
             return
         usage = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                  "total_tokens": self.input_tokens + self.output_tokens}
@@ -243,7 +244,8 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _classify(exc: BaseException, param: Optional[str] = None) -> tuple[int, str, Optional[str], Optional[str], str]:
+def _classify(exc: BaseException,
+              param: Optional[str] = None) -> tuple[int, str, Optional[str], Optional[str], str]:
     """(status, message, param, code, type) for any exception."""
     exc = _unwrap(exc)
     if isinstance(exc, ApiError):
@@ -267,13 +269,13 @@ def _classify(exc: BaseException, param: Optional[str] = None) -> tuple[int, str
     return 500, "internal server error", None, "internal_error", "server_error"
 
 
-def _error_body(status: int, message: str, param: Optional[str], code: Optional[str], type_: str) -> dict:
+def _error_body(message: str, param: Optional[str], code: Optional[str], type_: str) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def error_response(exc: BaseException, param: Optional[str] = None) -> JSONResponse:
     status, message, param, code, type_ = _classify(exc, param)
-    return JSONResponse(_error_body(status, message, param, code, type_), status_code=status)
+    return JSONResponse(_error_body(message, param, code, type_), status_code=status)
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
@@ -289,7 +291,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         message = f"invalid '{param}': {message}"
     if first.get("type") == "json_invalid":
         message, param = "request body is not valid JSON", None
-    return JSONResponse(_error_body(400, message, param, "invalid_value", "invalid_request_error"),
+    return JSONResponse(_error_body(message, param, "invalid_value", "invalid_request_error"),
                         status_code=400)
 
 
@@ -300,7 +302,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http(_: Request, exc: HTTPException):
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(_error_body(exc.status_code, str(exc.detail), None, code, type_),
+        return JSONResponse(_error_body(str(exc.detail), None, code, type_),
                             status_code=exc.status_code)
 
     async def on_error(_: Request, exc: Exception):

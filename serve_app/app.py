@@ -1,6 +1,6 @@
 """`build_app(args)`: validate the typed arguments and bind the deployment graph.
 
-    serve run serve_app.app:build_app model_dir=checkpoints/IndexTTS-1.5 device=cpu gpt_engine=torch
+    serve run serve_app.app:build_app model_dir=checkpoints/IndexTTS-1.5 device=cpu voices_dir=voices
     serve run configs/serve_config.yaml
 
 Graph: Ingress(FastAPI) -> Frontend (CPU), GPT (GPU: conditioning + engine), Vocoder (GPU,
@@ -11,6 +11,7 @@ fake or tiny stages.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable, Optional
 
 from ray.serve import Application
@@ -31,8 +32,9 @@ def build_app(args: AppArgs) -> Application:
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args)
     limit = args.max_tokens_per_segment
-    if args.check_model_dir:
-        # Fail at deploy time with the checkpoint's problem, not later in every replica.
+    if args.check_model_dir and _is_local_path(args.model_dir):
+        # Fail at deploy time with the checkpoint's problem, not later in every replica. (A hub id
+        # is resolved by each replica into its node's cache, not downloaded here on the head.)
         info = CheckpointInfo.from_dir(args.model_dir)
         limit = info.config.gpt.max_text_tokens          # the text position table's size
         if args.max_tokens_per_segment > limit:
@@ -57,11 +59,16 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
                                max_tokens_per_segment_limit=max_tokens_limit or args.max_tokens_per_segment,
                                max_upload_files=args.max_upload_files,
                                max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    gpu = args.on_gpu
-    frontend = Frontend.bind(make_frontend)
-    gpt = GPT.options(ray_actor_options={"num_cpus": 1, "num_gpus": args.gpt_num_gpus if gpu else 0}
+    gpu, cpus = args.on_gpu, args.num_cpus
+    frontend = Frontend.options(ray_actor_options={"num_cpus": cpus}).bind(make_frontend)
+    gpt = GPT.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.gpt_num_gpus if gpu else 0}
                       ).bind(make_gpt)
-    vocoder = Vocoder.options(ray_actor_options={"num_cpus": 1, "num_gpus": args.vocoder_num_gpus if gpu else 0}
+    vocoder = Vocoder.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.vocoder_num_gpus if gpu else 0}
                               ).bind(make_vocoder, args.vocoder_max_batch_size, args.vocoder_batch_wait_timeout_s)
-    return Ingress.bind(frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead)
+    return Ingress.options(ray_actor_options={"num_cpus": cpus}).bind(
+        frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead)
 
+
+
+def _is_local_path(model_dir: str) -> bool:
+    return Path(model_dir).expanduser().exists() or model_dir.startswith(("/", ".", "~"))

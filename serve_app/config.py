@@ -38,10 +38,15 @@ class AppArgs(BaseModel):
                                           description="vLLM's share of the GPU (weights + KV cache); "
                                                       "leave room for the co-located vocoder")
     max_num_seqs: int = Field(64, ge=1, le=4096, description="vLLM: sequences decoded together")
-    enforce_eager: bool = Field(False, description="vLLM: skip torch.compile/CUDA graphs (fast start)")
+    enforce_eager: Optional[bool] = Field(None, description="vLLM: skip torch.compile/CUDA graphs (fast "
+                                                            "start); default: the engine's (eager on CPU)")
     voice_cache_size: int = Field(64, ge=1, description="voices whose conditioning each replica keeps")
     gpt_num_gpus: float = Field(0.5, ge=0.0, le=8.0, description="GPU share of a GPT replica (cuda)")
     vocoder_num_gpus: float = Field(0.25, ge=0.0, le=8.0, description="GPU share of a vocoder replica (cuda)")
+    replica_num_cpus: Optional[float] = Field(None, ge=0.0, le=64.0,
+                                              description="CPUs each replica reserves; default 1 with "
+                                                          "device=cuda, 0.25 with device=cpu (so the whole "
+                                                          "graph fits on a laptop's cores)")
     vocoder_max_batch_size: int = Field(8, ge=1, le=256)
     vocoder_batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
     max_tokens_per_segment: int = Field(120, ge=1, le=600)
@@ -63,6 +68,12 @@ class AppArgs(BaseModel):
     @property
     def on_gpu(self) -> bool:
         return self.device.startswith("cuda")
+
+    @property
+    def num_cpus(self) -> float:
+        if self.replica_num_cpus is not None:
+            return self.replica_num_cpus
+        return 1.0 if self.on_gpu else 0.25
 
     def resolved_voices_dir(self) -> Path:
         return Path(self.voices_dir).expanduser().resolve() if self.voices_dir else DEFAULT_VOICES_DIR
@@ -107,8 +118,11 @@ def make_gpt_stage(args: AppArgs):
         from indextts.pipeline import TorchGPTStage
         return TorchGPTStage.from_checkpoint(info, device, dtype, cache_size=args.voice_cache_size)
     from indextts.vllm.stage import VLLMGPTStage
+    engine_options = {"max_num_seqs": args.max_num_seqs}
+    if args.enforce_eager is not None:
+        engine_options["enforce_eager"] = args.enforce_eager
     return VLLMGPTStage.from_checkpoint(info, device, dtype, gpu_memory_utilization=args.gpu_memory_utilization,
-                                        max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager)
+                                        **engine_options)
 
 
 def make_vocoder_stage(args: AppArgs):

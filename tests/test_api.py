@@ -300,7 +300,8 @@ def test_errors_after_the_first_segment_end_an_sse_stream_with_an_error_event(cl
 def test_voice_upload_list_use_delete(client, tiny_dir, gpt):
     data = (tiny_dir / "ref_a.wav").read_bytes()
     r = client.post("/v1/audio/voices", data={"name": "carol", "consent": "cons_1"},
-                    files=[("audio_sample", ("c1.wav", data, "audio/wav")), ("files", ("c2.wav", data, "audio/wav"))])
+                    files=[("audio_sample", ("c1.wav", data, "audio/wav")),
+                           ("files", ("c2.wav", data, "audio/wav"))])
     assert r.status_code == 200, r.text
     assert r.json()["id"] == "carol" and r.json()["object"] == "audio.voice" and len(r.json()["files"]) == 2
     listed = client.get("/v1/audio/voices").json()

@@ -77,6 +77,8 @@ def _stop(loop: Loop, engine):
 @pytest.fixture(scope="module")
 def engine(loop):
     eng = _start(loop, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2, max_num_seqs=16)
+    loop.run(eng.warm_up())
+    assert eng.num_running_requests() == 0 and eng.num_active_streams() == 0
     yield eng
     _stop(loop, eng)
 
@@ -226,6 +228,20 @@ def test_sixteen_concurrent_greedy_requests_equal_their_sequential_results(engin
         assert raw_c == raw_s
         assert fin_c.codes.tolist() == fin_s.codes.tolist()
         torch.testing.assert_close(fin_c.latents, fin_s.latents, atol=1e-6, rtol=0)
+
+
+def test_concurrent_latent_passes_share_one_worker_call(engine, loop, expected, sentences):
+    prompts = [engine.prompt(expected[f"ref_{'ab'[n % 2]}.cond_latents"], sentences[n % 3]) for n in range(6)]
+    codes = [expected[f"s{n % 3}.ref_{'ab'[n % 2]}.rp10.codes"].flatten().tolist() for n in range(6)]
+
+    async def together():
+        return await asyncio.gather(*(engine.latents(p, c) for p, c in zip(prompts, codes)))
+    calls = engine.latent_stats.calls
+    batched = loop.run(together())
+    assert engine.latent_stats.calls == calls + 1
+    for n, lat in enumerate(batched):
+        torch.testing.assert_close(lat, expected[f"s{n % 3}.ref_{'ab'[n % 2]}.rp10.latents"][0], atol=LATENT_ATOL, rtol=0)
+        torch.testing.assert_close(lat, loop.run(engine.latents(prompts[n], codes[n])), atol=0, rtol=0)
 
 
 def test_options_and_seeds_do_not_leak_between_requests(engine, loop, expected, sentences):

@@ -115,11 +115,14 @@ class TextFrontend:
 
         Emits `HardSplitWarning` when a segment had to be cut by length, as the original does.
         """
+        return self._segment(pieces, max_tokens)
+
+    def _segment(self, pieces: Sequence[str], max_tokens: Optional[int]) -> list[Segment]:
         max_tokens = self.options.max_tokens if max_tokens is None else max_tokens
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         result = split_pieces(pieces, max_tokens, fix_duplicated_quote=self.options.fix_duplicated_quote)
-        warn_hard_splits(result, max_tokens)
+        warn_hard_splits(result, max_tokens, stacklevel=4)   # points at our caller's caller
         return [Segment(ids=tuple(self.tokenizer.piece_ids(seg)),
                         text="".join(seg).replace("▁", " ").strip()) for seg in result.segments]
 
@@ -128,7 +131,7 @@ class TextFrontend:
         normalized, pieces = self._normalize_and_encode(self._validated(text))
         return FrontendResult(normalized=normalized, pieces=tuple(pieces),
                               ids=tuple(self.tokenizer.piece_ids(pieces)),
-                              segments=tuple(self.segment(pieces, max_tokens)))
+                              segments=tuple(self._segment(pieces, max_tokens)))
 
     def _normalize_and_encode(self, text: str) -> tuple[str, list[str]]:
         normalized = self.normalizer.normalize(text)

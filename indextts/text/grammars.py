@@ -58,7 +58,12 @@ INSTALL_HINT = (f"pip install WeTextProcessing=={WETEXT_VERSION} pynini=={PYNINI
 # sha256 of each file as built by scripts/text_build_grammars.py on Linux x86_64 with the pinned
 # versions. A mismatch is logged, not fatal: it means a different OpenFst build, and parity with
 # the golden cases should be re-checked (scripts/text_check_fst_identity.py).
-EXPECTED_SHA256: dict[str, str] = {}
+EXPECTED_SHA256: dict[str, str] = {
+    "zh_tagger.fst": "6b1ef392eae66dbd8026dc345a21d9a6fbc755bf7f29de5ace380b0d9df777ef",
+    "zh_verbalizer.fst": "c7f2e949c80e49f0bfdf315b2268d39a0b369f5904c2c75aacaddac65f7ae6fd",
+    "en_tagger.fst": "dee65085ba3a33027dd65b79c29d7bb58daf9259523510b7282b9a1ead358322",
+    "en_verbalizer.fst": "ee0666a2106425f06c3e7191476aea7fe4c43864d4bf3c12a668a3e552327945",
+}
 
 
 class GrammarError(IndexTTSError):

@@ -9,6 +9,9 @@ Two deliberate differences, both where the original is nondeterministic or corru
   with PYTHONHASHSEED, and a short syllable replaced first (`an4`) breaks a longer one (`xian4`).
 - Past 26 protected spans the original's placeholder letters run into punctuation, controls and
   Latin-1 (`chr(ord("a") + i)`), which the grammars rewrite; we continue with `ba`, `bb`, ...
+- The en grammar has no path for text that starts with a tab, newline or no-break space; the
+  original then skips English normalisation altogether ("\n3 apples" stays "3 apples"). Where it
+  fails so, we retry without that leading whitespace. Texts it accepts are not touched.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ EMAIL = re.compile(r"^[a-zA-Z0-9]+@[a-zA-Z0-9]+\.[a-zA-Z]+$")
 _HANZI = re.compile(r"[\u4e00-\u9fff]")
 _LATIN = re.compile(r"[a-zA-Z]")
 _JQX_U = re.compile(r"([jqx])[uü](n|e|an)*(\d)", re.IGNORECASE)
+_EN_GRAMMAR_SPACE = " \t\n\r\x0b\x0c\xa0"   # what the en grammar treats as space
 
 
 def _alternation(mapping: dict[str, str]) -> re.Pattern:
@@ -131,6 +135,8 @@ class TextNormalizer:
     def _normalize_en(self, text: str) -> str:
         text = CONTRACTION.sub(r"\1 is", text)
         result = self._en.normalize(text)
+        if result is None and text[:1] in _EN_GRAMMAR_SPACE:
+            result = self._en.normalize(text.lstrip(_EN_GRAMMAR_SPACE))
         if result is None:  # the original keeps the text as it is
             logger.warning("en normaliser found no path through %r; text kept unnormalised", text[:80])
             result = text

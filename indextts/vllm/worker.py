@@ -13,6 +13,8 @@ without type information, so a tensor nested in them would arrive as its msgpack
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 EXTENSION_CLASS = "indextts.vllm.worker.LatentWorkerExtension"
@@ -35,8 +37,10 @@ def from_wire(wire: Wire) -> torch.Tensor:
 class LatentWorkerExtension:
     """Mixed into vLLM's worker class by vLLM; `self` is the worker."""
 
-    def indextts_latents(self, items: list) -> list[Wire]:
+    def indextts_latents(self, items: list) -> tuple[list[Wire], float]:
         """items: (prompt embeddings [P, D] on the wire, codes [N]) per segment
-        -> latents [N, D] on the wire, one per item."""
+        -> (latents [N, D] on the wire per item, seconds spent here)."""
+        started = time.perf_counter()
         model = self.get_model()
-        return [to_wire(model.teacher_forced_latents(from_wire(embeds), list(codes))) for embeds, codes in items]
+        out = [to_wire(model.teacher_forced_latents(from_wire(embeds), list(codes))) for embeds, codes in items]
+        return out, time.perf_counter() - started      # to_wire copies to the CPU: the GPU is done

@@ -1,0 +1,192 @@
+"""GPT decode throughput: our vLLM model vs stock vLLM running a plain GPT-2 of the same size.
+
+    python bench/bench_decode.py --model-dir /tmp/ckpt-1.5 --out bench/results/decode.json
+
+Each level launches `c` concurrent requests of exactly `--codes` codes (random weights rarely
+emit the stop code, so the stop is ignored: 500 codes = 21.3 s of audio) with the original's
+sampling defaults (top-k 30, top-p 0.8, temperature 1, repetition penalty 10). Per-request
+decode rate is (codes - 1) / (time of last code - time of first code); the aggregate rate is
+all codes over the wall time of the level. Both engines run in their own subprocess one after
+the other, so each gets the same GPU memory share. GPU memory is read with nvidia-smi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LEVELS = (1, 8, 32, 64, 256)
+
+
+def gpu_memory_mib() -> int | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return int(out.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+def summarize(level: int, wall: float, per_request: list[tuple[float, float, int]]) -> dict:
+    rates = [(n - 1) / (last - first) for first, last, n in per_request if n > 1 and last > first]
+    ttft = [first for first, _, _ in per_request]
+    total = sum(n for _, _, n in per_request)
+    return {"concurrency": level, "wall_s": wall, "codes": total, "aggregate_tokens_per_s": total / wall,
+            "per_request_tokens_per_s_median": statistics.median(rates) if rates else None,
+            "per_request_tokens_per_s_min": min(rates) if rates else None,
+            "time_to_first_code_s_median": statistics.median(ttft), "gpu_memory_mib": gpu_memory_mib()}
+
+
+async def run_levels(submit, levels, codes: int) -> list[dict]:
+    """`submit()` is an async generator factory yielding the number of new codes per output."""
+    async def one(start: float) -> tuple[float, float, int]:
+        first = last = None
+        n = 0
+        async for k in submit():
+            now = time.perf_counter() - start
+            if k and first is None:
+                first = now
+            if k:
+                last = now
+            n += k
+        return first or 0.0, last or 0.0, n
+
+    await asyncio.gather(*(one(time.perf_counter()) for _ in range(4)))   # warm-up
+    results = []
+    for level in levels:
+        start = time.perf_counter()
+        per_request = await asyncio.gather(*(one(start) for _ in range(level)))
+        wall = time.perf_counter() - start
+        row = summarize(level, wall, per_request)
+        assert all(n == codes for _, _, n in per_request), "a request ended early"
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    return results
+
+
+def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, queue) -> None:
+    import torch
+
+    from indextts.types import SamplingOptions
+    from indextts.vllm.engine import VLLMEngine
+
+    started = time.perf_counter()
+    engine = VLLMEngine.create(model_dir, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
+                               max_num_seqs=max(levels))
+    startup = time.perf_counter() - started
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, 32, engine.config.model_dim, generator=gen) * 0.5
+    ids = torch.randint(2, 500, (text_tokens,), generator=gen).tolist()
+    options = SamplingOptions(max_codes=codes, ignore_stop=True)
+
+    async def submit():
+        async for chunk in engine.generate(cond, ids, options):
+            yield 0 if chunk.final else len(chunk.codes)
+
+    async def main():
+        return await run_levels(submit, levels, codes)
+
+    rows = run_loop(main)
+    queue.put({"engine": "indextts-vllm", "startup_s": startup, "levels": rows})
+    engine.shutdown()
+
+
+def run_loop(main):
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
+          work_dir: str, queue) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    path = Path(work_dir) / "gpt2-stock"
+    if not (path / "config.json").exists():
+        cfg = GPT2Config(vocab_size=8194, n_positions=2048, n_embd=model_dim, n_layer=layers, n_head=heads,
+                         bos_token_id=8192, eos_token_id=8193, activation_function="gelu_new")
+        torch.manual_seed(0)
+        GPT2LMHeadModel(cfg).to(torch.bfloat16).save_pretrained(path)
+    started = time.perf_counter()
+    llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
+        model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
+        max_num_seqs=max(levels), seed=0))
+    startup = time.perf_counter() - started
+    prompt = {"prompt_token_ids": [1] * (prompt_len - 1) + [8192]}
+    counter = iter(range(10**9))
+
+    async def submit():
+        params = SamplingParams(max_tokens=codes, ignore_eos=True, temperature=1.0, top_k=30, top_p=0.8,
+                                repetition_penalty=10.0, detokenize=False, output_kind=RequestOutputKind.DELTA)
+        async for out in llm.generate(prompt, params, f"stock-{next(counter)}"):
+            yield len(out.outputs[0].token_ids)
+
+    async def main():
+        return await run_levels(submit, levels, codes)
+
+    rows = run_loop(main)
+    queue.put({"engine": "stock-vllm-gpt2", "startup_s": startup, "levels": rows})
+    llm.shutdown()
+
+
+def run_in_subprocess(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="an IndexTTS checkpoint (e.g. from `indextts random-checkpoint`)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    p.add_argument("--codes", type=int, default=500)
+    p.add_argument("--text-tokens", type=int, default=60)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
+    p.add_argument("--work-dir", default="/tmp/bench-decode")
+    p.add_argument("--skip-stock", action="store_true")
+    args = p.parse_args()
+
+    from indextts.config import IndexTTSConfig
+    cfg = IndexTTSConfig.from_yaml(Path(args.model_dir) / "config.yaml").gpt
+    results = {"codes_per_request": args.codes, "audio_seconds_per_request": args.codes / 23.4375,
+               "text_tokens": args.text_tokens, "model": {"layers": cfg.layers, "model_dim": cfg.model_dim,
+                                                          "heads": cfg.heads}, "runs": []}
+    try:
+        import torch
+        results["device"] = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - informational only
+        results["device"] = "unknown"
+    results["runs"].append(run_in_subprocess(ours, args.model_dir, args.levels, args.codes, args.text_tokens,
+                                             args.gpu_memory_utilization))
+    if not args.skip_stock:
+        prompt_len = 32 + args.text_tokens + 2 + 1
+        results["runs"].append(run_in_subprocess(stock, cfg.model_dim, cfg.layers, cfg.heads, args.levels,
+                                                 args.codes, prompt_len, args.gpu_memory_utilization,
+                                                 args.work_dir))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
