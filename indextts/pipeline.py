@@ -373,23 +373,28 @@ class IndexTTS:
             raise VoiceError(str(e)) from e
 
     def stream(self, text: str, voice: VoiceLike, options: SamplingOptions = SamplingOptions(),
-               max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT) -> Iterator[AudioChunk]:
-        """Audio per segment (float32 samples at 24 kHz) as soon as each segment is ready."""
-        self._check_max_tokens(max_tokens_per_segment)
-        agen = self.synthesizer.stream(text, self.voice(voice), options, max_tokens_per_segment)
+               max_tokens_per_segment: Optional[int] = None) -> Iterator[AudioChunk]:
+        """Audio per segment (float32 samples at 24 kHz) as soon as each segment is ready.
+
+        `max_tokens_per_segment` defaults to 120, or the checkpoint's `max_text_tokens` if smaller."""
+        max_tokens = self._max_tokens(max_tokens_per_segment)
+        agen = self.synthesizer.stream(text, self.voice(voice), options, max_tokens)
         return self._loop.iterate(agen)
 
     def synthesize(self, text: str, voice: VoiceLike, options: SamplingOptions = SamplingOptions(),
-                   max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT) -> torch.Tensor:
+                   max_tokens_per_segment: Optional[int] = None) -> torch.Tensor:
         """The whole utterance as int16 samples `[n]` at 24 kHz (the original's output conversion)."""
         chunks = [c.samples for c in self.stream(text, voice, options, max_tokens_per_segment)]
         return float_to_int16(torch.cat(chunks)) if chunks else torch.zeros(0, dtype=torch.int16)
 
-    def _check_max_tokens(self, n: int) -> None:
+    def _max_tokens(self, n: Optional[int]) -> int:
         limit = self.info.config.gpt.max_text_tokens
-        if not isinstance(n, int) or not 1 <= n <= limit:
+        if n is None:
+            return min(DEFAULT_MAX_TOKENS_PER_SEGMENT, limit)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= limit:
             raise OptionsError(f"max_tokens_per_segment must be an integer in [1, {limit}] for this "
                                f"checkpoint (its text position table), got {n!r}")
+        return n
 
     @property
     def sample_rate(self) -> int:

@@ -32,7 +32,9 @@ def add_synth_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--repetition-penalty", type=float, default=10.0)
     p.add_argument("--max-codes", type=int, help="most codes per segment (default: the checkpoint's max_mel_tokens)")
-    p.add_argument("--max-text-tokens-per-segment", type=int, default=DEFAULT_MAX_TOKENS_PER_SEGMENT)
+    p.add_argument("--max-text-tokens-per-segment", type=int,
+                   help=f"segment length limit (default {DEFAULT_MAX_TOKENS_PER_SEGMENT}, or the checkpoint's "
+                        "max_text_tokens if smaller)")
     p.add_argument("--engine", choices=["torch", "vllm"], default="torch")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5,
