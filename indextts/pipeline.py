@@ -282,10 +282,12 @@ class VocoderEngineStage:
                 out[i] = wav[row]
         return out
 
-    async def vocode(self, voice: VoiceSpec, latents: torch.Tensor) -> torch.Tensor:
+    async def vocode_batch(self, voices: Sequence[VoiceSpec], latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, self.vocode_batch_sync, [voice], [latents])
-        return result[0]
+        return await loop.run_in_executor(self._executor, self.vocode_batch_sync, list(voices), list(latents))
+
+    async def vocode(self, voice: VoiceSpec, latents: torch.Tensor) -> torch.Tensor:
+        return (await self.vocode_batch([voice], [latents]))[0]
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -122,7 +122,7 @@ def make_gpt_stage(args: AppArgs):
     if args.enforce_eager is not None:
         engine_options["enforce_eager"] = args.enforce_eager
     return VLLMGPTStage.from_checkpoint(info, device, dtype, gpu_memory_utilization=args.gpu_memory_utilization,
-                                        **engine_options)
+                                        cache_size=args.voice_cache_size, **engine_options)
 
 
 def make_vocoder_stage(args: AppArgs):

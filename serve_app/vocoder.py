@@ -22,7 +22,7 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
                   health_check_timeout_s=30)
 class Vocoder:
     """Thin shim over a `VocoderStage`. Calls arriving together (from any request) are handed to
-    the stage as one batch when it can take one (`vocode_batch`, async, or `vocode_batch_sync`);
+    the stage as one batch when it can take one (`vocode_batch`);
     otherwise they run concurrently."""
 
     def __init__(self, make_stage: Callable[[], VocoderStage], max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
@@ -40,9 +40,6 @@ class Vocoder:
         vocode_batch = getattr(self.stage, "vocode_batch", None)
         if vocode_batch is not None:
             return list(await vocode_batch(voices, latents))
-        vocode_batch_sync = getattr(self.stage, "vocode_batch_sync", None)
-        if vocode_batch_sync is not None:   # blocking GPU work: off the replica's event loop
-            return list(await asyncio.to_thread(vocode_batch_sync, voices, latents))
         return list(await asyncio.gather(*(self.stage.vocode(v, x) for v, x in zip(voices, latents))))
 
     async def check_health(self) -> None:

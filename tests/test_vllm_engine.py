@@ -227,7 +227,7 @@ def test_sixteen_concurrent_greedy_requests_equal_their_sequential_results(engin
     for (raw_s, fin_s), (raw_c, fin_c) in zip(sequential, concurrent):
         assert raw_c == raw_s
         assert fin_c.codes.tolist() == fin_s.codes.tolist()
-        torch.testing.assert_close(fin_c.latents, fin_s.latents, atol=1e-6, rtol=0)
+        torch.testing.assert_close(fin_c.latents, fin_s.latents, atol=1e-5, rtol=0)   # batched latent pass
 
 
 def test_concurrent_latent_passes_share_one_worker_call(engine, loop, expected, sentences):
@@ -241,7 +241,7 @@ def test_concurrent_latent_passes_share_one_worker_call(engine, loop, expected, 
     assert engine.latent_stats.calls == calls + 1
     for n, lat in enumerate(batched):
         torch.testing.assert_close(lat, expected[f"s{n % 3}.ref_{'ab'[n % 2]}.rp10.latents"][0], atol=LATENT_ATOL, rtol=0)
-        torch.testing.assert_close(lat, loop.run(engine.latents(prompts[n], codes[n])), atol=0, rtol=0)
+        torch.testing.assert_close(lat, loop.run(engine.latents(prompts[n], codes[n])), atol=1e-5, rtol=0)
 
 
 def test_options_and_seeds_do_not_leak_between_requests(engine, loop, expected, sentences):

@@ -38,7 +38,8 @@ GPT-2 `Conv1D` weights are `[in, out]` and are transposed to vLLM's `[out, in]`;
 position table gains the zero row; every key is accounted for by name (see `load_weights`).
 
 `teacher_forced_latents` is the latent pass (vocoder input): the same weights, run outside
-vLLM's scheduler with plain causal attention, called through `indextts.vllm.worker`.
+vLLM's scheduler with plain causal attention (PyTorch SDPA) over a right-padded batch, called
+through `indextts.vllm.worker`.
 """
 
 from __future__ import annotations
@@ -98,12 +99,13 @@ class GPT2Attention(nn.Module):
             out = out.view(-1, self.heads, self.kv_head_size)[..., :self.head_dim].reshape(-1, self.heads * self.head_dim)
         return self.c_proj(out)[0]
 
-    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, D] one whole sequence, causal, no KV cache (the latent pass) -> [T, D]."""
-        q, k, v = (z.view(-1, self.heads, self.head_dim).transpose(0, 1)
+    def forward_full(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """x: [B * T, D], `batch` right-padded sequences of T, causal, no KV cache (the latent
+        pass) -> [B * T, D]. Rows past a sequence's end are garbage, and no earlier row sees them."""
+        q, k, v = (z.view(batch, -1, self.heads, self.head_dim).transpose(1, 2)     # [B, H, T, hd]
                    for z in self.c_attn(x)[0].chunk(3, dim=-1))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim ** -0.5)
-        return self.c_proj(out.transpose(0, 1).reshape(x.size(0), -1))[0]
+        return self.c_proj(out.transpose(1, 2).reshape(x.size(0), -1))[0]
 
 
 class GPT2MLP(nn.Module):
@@ -129,8 +131,8 @@ class GPT2Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.forward_full(self.ln_1(x))
+    def forward_full(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        x = x + self.attn.forward_full(self.ln_1(x), batch)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -158,10 +160,12 @@ class UnifiedVoiceDecoder(nn.Module):
         return self.final_norm(self.ln_f(x))
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, D] one whole sequence with positions already added -> latents [T, D]."""
+        """x: [B, T, D] right-padded sequences, positions already added -> latents [B, T, D]."""
+        b, t, d = x.shape
+        x = x.reshape(b * t, d)
         for block in self.h:
-            x = block.forward_full(x)
-        return self.final_norm(self.ln_f(x))
+            x = block.forward_full(x, b)
+        return self.final_norm(self.ln_f(x)).view(b, t, d)
 
 
 class IndexTTSGPTForCausalLM(nn.Module, SupportsMRoPE):
@@ -237,21 +241,27 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMRoPE):
     # -- latent pass --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def teacher_forced_latents(self, prompt_embeds: torch.Tensor, codes: list[int]) -> torch.Tensor:
-        """The vocoder's input for `codes`, exactly as the original's second pass gives it.
+    def teacher_forced_latents(self, items: list[tuple[torch.Tensor, list[int]]]) -> list[torch.Tensor]:
+        """The vocoder's input, exactly as the original's second pass gives it, for a batch.
 
-        prompt_embeds: [P, D] (conditioning + text, as sent to vLLM); codes: N generated codes
-        (after silence shrinking, no stop code) -> final-normed hidden states [N, D] at the
+        items: (prompt_embeds [P, D] as sent to vLLM, codes: N generated codes after silence
+        shrinking, no stop code) -> per item the final-normed hidden states [N, D] at the
         inputs `[start, c0 .. c(N-2)]`, fed at mel positions 0..N-1. The original also feeds
-        `c(N-1)` and the stop code; the pass is causal, so they change none of these N rows."""
-        n = len(codes)
+        `c(N-1)` and the stop code; the pass is causal, so they change none of these N rows.
+        The sequences run as one right-padded batch."""
         device, dtype = self.mel_head.weight.device, self.mel_head.weight.dtype
-        if n == 0:
-            return torch.zeros(0, self.config.hidden_size, dtype=dtype, device=device)
-        ids = torch.tensor([self.config.start_mel_token] + list(codes[:-1]), dtype=torch.long, device=device)
-        mel = self.mel_embedding(ids) + self.decoder.mel_pos_embedding(torch.arange(n, device=device))
-        x = torch.cat([prompt_embeds.to(device=device, dtype=dtype), mel])
-        return self.decoder.forward_full(x)[-n:]
+        d = self.config.hidden_size
+        seqs = []
+        for embeds, codes in items:
+            n = len(codes)
+            ids = torch.tensor([self.config.start_mel_token] + list(codes[:-1]), dtype=torch.long, device=device)
+            mel = self.mel_embedding(ids) + self.decoder.mel_pos_embedding(torch.arange(n, device=device))
+            seqs.append(torch.cat([embeds.to(device=device, dtype=dtype), mel]))
+        x = torch.zeros(len(seqs), max(s.size(0) for s in seqs), d, device=device, dtype=dtype)
+        for i, s in enumerate(seqs):
+            x[i, :s.size(0)] = s
+        hidden = self.decoder.forward_full(x)
+        return [hidden[i, s.size(0) - len(codes):s.size(0)] for i, (s, (_, codes)) in enumerate(zip(seqs, items))]
 
 
 def checkpoint_shapes(c: IndexTTSGPTConfig) -> dict[str, tuple[int, ...]]:

@@ -30,14 +30,14 @@ class VLLMGPTStage:
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
                         limits: ReferenceLimits = ReferenceLimits(), gpu_memory_utilization: float = 0.5,
-                        **engine_kwargs) -> "VLLMGPTStage":
+                        cache_size: int = 64, **engine_kwargs) -> "VLLMGPTStage":
         from indextts.vllm.engine import VLLMEngine
 
         if device.type == "cpu":
             engine_kwargs.setdefault("enforce_eager", True)
         engine = VLLMEngine.create(info.model_dir, dtype=_VLLM_DTYPES.get(dtype, "auto"),
                                    gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)
-        return cls(engine, load_conditioner(info, device, dtype), limits)
+        return cls(engine, load_conditioner(info, device, dtype), limits, cache_size)
 
     @property
     def cfg(self):

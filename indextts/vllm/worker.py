@@ -42,5 +42,9 @@ class LatentWorkerExtension:
         -> (latents [N, D] on the wire per item, seconds spent here)."""
         started = time.perf_counter()
         model = self.get_model()
-        out = [to_wire(model.teacher_forced_latents(from_wire(embeds), list(codes))) for embeds, codes in items]
+        todo = [(i, from_wire(embeds), list(codes)) for i, (embeds, codes) in enumerate(items) if len(codes)]
+        out = [to_wire(torch.zeros(0, model.config.hidden_size)) for _ in items]
+        if todo:
+            for (i, _, _), latents in zip(todo, model.teacher_forced_latents([(e, c) for _, e, c in todo])):
+                out[i] = to_wire(latents)
         return out, time.perf_counter() - started      # to_wire copies to the CPU: the GPU is done
