@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import json
 import threading
 import time
 from pathlib import Path

