@@ -58,7 +58,10 @@ async def run_levels(submit, levels, codes: int) -> list[dict]:
             n += k
         return first or 0.0, last or 0.0, n
 
-    await asyncio.gather(*(one(time.perf_counter()) for _ in range(4)))   # warm-up
+    # Warm-up at the batch sizes where vLLM compiles kernels on first use (its top-k/top-p
+    # sampler is JIT-compiled the first time 8 sampled requests share a step).
+    for n in (1, 8, 32):
+        await asyncio.gather(*(one(time.perf_counter()) for _ in range(n)))
     results = []
     for level in levels:
         start = time.perf_counter()

@@ -162,7 +162,11 @@ def test_reorder_tokens_orders_fields_and_keeps_escapes():
     out, last = reorder_tokens(tagged, {"money": ("value", "currency"), "date": ("year", "month", "day")})
     assert out == 'money { value: "十二" currency: "美元" } char { value: "\\"" } date { year: "y" day: "x" }'
     assert last == "date"
-    assert reorder_tokens("garbage", {}) is None
+    # Malformed output is parsed as WeTextProcessing's TokenParser does (an unescaped quote from
+    # the en emphasis rule shifts the frame) ...
+    assert reorder_tokens('p { v: "<"a>" }', {}) == ('p { v: "<" a: ">" }', "p")
+    # ... except that a value running to the end, where TokenParser loops forever, is a failure.
+    assert reorder_tokens('w { v: "abc', {}) is None
 
 
 def test_chunks_cover_text_and_respect_limit():
@@ -194,6 +198,15 @@ def test_empty_text_is_a_clear_error(frontend, text):
     for call in (frontend.process, frontend.normalize, frontend.tokenize):
         with pytest.raises(TextError, match="empty or only whitespace"):
             call(text)
+
+
+def test_bad_options_are_clear_errors(frontend):
+    from indextts.errors import OptionsError
+
+    with pytest.raises(OptionsError):
+        FrontendOptions(max_chars=0)
+    with pytest.raises(OptionsError):
+        frontend.process("你好", max_tokens=0)
 
 
 def test_too_long_text_is_a_clear_error(frontend):

@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 
+from indextts.errors import OptionsError
 from indextts.text.frontend import DEFAULT_MAX_TOKENS
 
 
@@ -31,7 +32,6 @@ def frontend_command(args: argparse.Namespace, out=None) -> int:
     from indextts.text.frontend import TextFrontend
 
     if args.max_tokens < 1:
-        from indextts.errors import OptionsError
         raise OptionsError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     text = sys.stdin.read() if args.text == "-" else args.text
     frontend = TextFrontend.from_model_dir(args.model_dir, cache_dir=args.cache_dir)

@@ -37,10 +37,10 @@ SPECIAL_REPLACEMENTS = (("嗯", "恩"), ("呣", "母"))
 PINYIN_TONE = re.compile(
     r"(?<![a-z])((?:[bpmfdtnlgkhjqxzcsryw]|[zcs]h)?(?:[aeiouüv]|[ae]i|u[aio]|ao|ou|i[aue]|[uüv]e|"
     r"[uvü]ang?|uai|[aeiuv]n|[aeio]ng|ia[no]|i[ao]ng)|ng|er)([1-5])", re.IGNORECASE)
-# Chinese names joined by `·`, `-` or `—`. The original's pattern backtracks quadratically over a
-# long run of hanzi; anchoring at the start of a run and matching runs possessively finds the
-# same names in linear time (a match can only start where a run starts).
-NAME = re.compile(r"(?<![\u4e00-\u9fff])[\u4e00-\u9fff]++(?:[-·—][\u4e00-\u9fff]++){1,2}")
+# Chinese names joined by `·`, `-` or `—`. The original's pattern is tried at every hanzi of a
+# run and backtracks over the rest of it: quadratic in the run's length. A match can only start
+# where a run starts, so anchoring there finds the same names in linear time.
+NAME = re.compile(r"(?<![\u4e00-\u9fff])[\u4e00-\u9fff]+(?:[-·—][\u4e00-\u9fff]+){1,2}")
 CONTRACTION = re.compile(r"(what|where|who|which|how|t?here|it|s?he|that|this)'s", re.IGNORECASE)
 EMAIL = re.compile(r"^[a-zA-Z0-9]+@[a-zA-Z0-9]+\.[a-zA-Z]+$")
 _HANZI = re.compile(r"[\u4e00-\u9fff]")

@@ -48,42 +48,26 @@ _EN_ORDERS = {
 }
 _ORDERS = {"zh": _ZH_ORDERS, "en": _EN_ORDERS}
 
-# The exact layout WeTextProcessing's taggers print; anything else goes to the slow, exact parser.
-_TOKEN = re.compile(r' *+([A-Za-z_]++) \{ ((?: *+[A-Za-z_]++: "(?:[^"\\]|\\.)*+")*+) *+\}', re.DOTALL)
-_FIELD = re.compile(r' *+([A-Za-z_]++): "((?:[^"\\]|\\.)*+)"', re.DOTALL)
-_KEY_CHARS = frozenset(string.ascii_letters + "_")
+_KEY = re.compile(r"[A-Za-z_]*")
+_VALUE = re.compile(r'[^"\\]*(?:\\[\s\S][^"\\]*)*')   # up to an unescaped quote; a backslash takes the next char
+_SPACES = re.compile(r" *")
 
 Token = tuple[str, list[str], dict[str, str]]   # name, keys in order (repeats kept), last value per key
 
 
-def _parse_canonical(tagged: str) -> Optional[list[Token]]:
-    """Fast path for well-formed tagger output; None if it is not."""
-    tokens = []
-    pos = 0
-    for match in _TOKEN.finditer(tagged):
-        if match.start() != pos:
-            return None
-        pos = match.end()
-        keys, values = [], {}
-        for field in _FIELD.finditer(match.group(2)):
-            keys.append(field.group(1))
-            values[field.group(1)] = field.group(2)
-        tokens.append((match.group(1), keys, values))
-    return tokens if tokens and not tagged[pos:].strip(" ") else None
+def parse_tokens(tagged: str) -> Optional[list[Token]]:
+    """Tagger output as WeTextProcessing's TokenParser reads it, in linear time.
 
-
-def _parse_like_wetext(tagged: str) -> Optional[list[Token]]:
-    """WeTextProcessing's TokenParser, character for character, for malformed tagger output.
-
-    The en grammar can emit an unescaped `"` inside a value (its `<...>` emphasis rule); the
-    parser then reads on in a shifted frame. Where the original asserts, we return None (it
-    raised); where it loops forever (a value running to the end), we return None too.
+    Its layout is `name { key: "value" ... } ...`, but the en grammar can emit an unescaped `"`
+    inside a value (its `<...>` emphasis rule), and TokenParser then reads on in a shifted frame;
+    so do we. Where TokenParser asserts we return None (it raised), and also where it loops
+    forever (a value that runs to the end of the text).
     """
     n = len(tagged)
     i = 0
     tokens: list[Token] = []
 
-    def skip(chars: str) -> None:
+    def skip(chars: str) -> None:     # each of `chars`, in turn, if it is next
         nonlocal i
         for c in chars:
             if i < n and tagged[i] == c:
@@ -93,24 +77,22 @@ def _parse_like_wetext(tagged: str) -> Optional[list[Token]]:
         nonlocal i
         if i >= n or tagged[i] in string.whitespace:
             return None
-        start = i
-        while i < n and tagged[i] in _KEY_CHARS:
-            i += 1
-        return tagged[start:i]
+        end = _KEY.match(tagged, i).end()
+        name, i = tagged[i:end], end
+        return name
 
     while True:
-        while i < n and tagged[i] == " ":
-            i += 1
+        i = _SPACES.match(tagged, i).end()
         if i >= n:
             return tokens
         name = key()
         if name is None:
             return None
         skip(" { ")
-        keys, values = [], {}
+        keys: list[str] = []
+        values: dict[str, str] = {}
         while True:
-            while i < n and tagged[i] == " ":
-                i += 1
+            i = _SPACES.match(tagged, i).end()
             if i >= n:
                 break
             if tagged[i] == "}":
@@ -120,13 +102,12 @@ def _parse_like_wetext(tagged: str) -> Optional[list[Token]]:
             if field is None:
                 return None
             skip(': "')
-            start = i
-            while i < n and tagged[i] != '"':
-                i += 2 if tagged[i] == "\\" else 1
-            if i >= n:
+            end = _VALUE.match(tagged, i).end()
+            if end >= n or tagged[end] != '"':   # unterminated, or a backslash last: TokenParser never returns
                 return None
             keys.append(field)
-            values[field] = tagged[start:i]
+            values[field] = tagged[i:end]
+            i = end
             skip('"')
         tokens.append((name, keys, values))
 
@@ -138,7 +119,7 @@ def reorder_tokens(tagged: str, orders: dict[str, tuple[str, ...]]) -> Optional[
     that order does not list are dropped, unless the token says preserve_order: "true". None
     where WeTextProcessing's parser would fail.
     """
-    tokens = _parse_canonical(tagged) or _parse_like_wetext(tagged)
+    tokens = parse_tokens(tagged)
     if not tokens:
         return None
     out = []
@@ -155,14 +136,16 @@ def reorder_tokens(tagged: str, orders: dict[str, tuple[str, ...]]) -> Optional[
 # character. en output drops whitespace, except spaces right after a punctuation token (which
 # joins them), and puts one space after any other token; `WeTextNormalizer` re-creates that.
 _ZH_RULES = (
-    re.compile(r"[。！？!?；;…\n]++[”’」』》）)\]'\"]*+()"),
-    re.compile(r"(?:[，、：]++|[,:](?![0-9]))()"),
-    re.compile(r"\s++()"),
+    re.compile(r"[。！？!?；;…\n]+[”’」』》）)\]'\"]*()"),
+    re.compile(r"(?:[，、：]+|[,:](?![0-9]))()"),
+    re.compile(r"\s+()"),
 )
+# Each en pattern is anchored at the start of its run (lookbehind), so that a failed attempt is
+# not retried at every later character of the run: linear time on runs of punctuation or spaces.
 _EN_RULES = (
-    re.compile(r"[.!?…;]++[\"')\]”’]*+([ \t\n\r]++)(?=[A-Za-z0-9])"),
-    re.compile(r"[,:]++([ \t\n\r]++)(?=[A-Za-z])"),
-    re.compile(r"(?<=[A-Za-z])([ \t\n\r]++)(?=[A-Za-z])"),
+    re.compile(r"(?<![.!?…;])[.!?…;]+[\"')\]”’]*([ \t\n\r]+)(?=[A-Za-z0-9])"),
+    re.compile(r"(?<![,:])[,:]+([ \t\n\r]+)(?=[A-Za-z])"),
+    re.compile(r"(?<=[A-Za-z])([ \t\n\r]+)(?=[A-Za-z])"),
 )
 _ABBREVIATION = re.compile(r"(?:[A-Z][A-Za-z]{0,2}|\.[a-z])\.$")
 HARD_CUT_CHARS = 64

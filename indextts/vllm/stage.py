@@ -26,6 +26,7 @@ class VLLMGPTStage:
         self.engine = engine
         self.conditioning = VoiceConditioner(conditioner, limits, cache_size)
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="conditioning")
+        self._warm_up: "asyncio.Future | None" = None
 
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
@@ -43,9 +44,16 @@ class VLLMGPTStage:
     def cfg(self):
         return self.engine.config
 
+    async def warm_up(self) -> None:
+        """Compile what vLLM compiles on first use (once; later calls wait for the first)."""
+        if self._warm_up is None:
+            self._warm_up = asyncio.ensure_future(self.engine.warm_up())
+        await asyncio.shield(self._warm_up)
+
     async def generate(self, voice: VoiceSpec, segment: Segment,
                        options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
         check_segment_options(self.cfg, segment, options)
+        await self.warm_up()
         loop = asyncio.get_running_loop()
         cond = await loop.run_in_executor(self._executor, self.conditioning, voice)
         gen = self.engine.generate(cond, segment, options)
