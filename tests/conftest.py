@@ -35,3 +35,12 @@ def expected() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def expected_meta() -> dict:
     return json.loads((TINY / "expected" / "expected.json").read_text())
+
+
+@pytest.fixture
+def one_thread():
+    """The goldens were computed with one thread; summation order (STFT, matmuls) depends on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,7 @@ from indextts.errors import AudioError
 from conftest import TINY
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The goldens were computed with one thread; the STFT's summation order depends on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("ref", ["ref_a", "ref_b"])

@@ -25,6 +25,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from indextts.config import GPTConfig
 from indextts.errors import OptionsError, VoiceError
 from indextts.gpt.kv_cache import KVCache
 from indextts.gpt.model import TextIds, UnifiedVoice
@@ -153,7 +154,12 @@ def _decode(model: UnifiedVoice, cache: KVCache, logits: torch.Tensor, samplers:
 
 def max_codes_for(model: UnifiedVoice, options: SamplingOptions) -> int:
     """The most codes one generation with `options` may produce (stop code included)."""
-    most = model.cfg.max_generated_codes
+    return code_limit(model.cfg, options)
+
+
+def code_limit(cfg: GPTConfig, options: SamplingOptions) -> int:
+    """`options.max_codes`, or the checkpoint's limit; more than the mel position table allows is an error."""
+    most = cfg.max_generated_codes
     limit = options.max_codes if options.max_codes is not None else most
     if limit > most:
         raise OptionsError(f"max_codes={limit} exceeds this checkpoint's limit of {most} codes "

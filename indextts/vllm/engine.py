@@ -46,7 +46,7 @@ import torch
 
 from indextts.checkpoint import CheckpointInfo
 from indextts.errors import OptionsError
-from indextts.gpt.generation import shrink_silence
+from indextts.gpt.generation import code_limit, shrink_silence
 from indextts.types import CodeChunk, SamplingOptions, Segment, Voice
 from indextts.vllm.prompt import PromptBuilder, VLLMPrompt
 from indextts.vllm.worker import EXTENSION_CLASS, LATENTS_METHOD, from_wire, to_wire
@@ -193,12 +193,7 @@ class VLLMEngine:
     # -- requests -----------------------------------------------------------------------------
 
     def max_codes(self, options: SamplingOptions) -> int:
-        most = self.config.max_generated_codes
-        limit = options.max_codes if options.max_codes is not None else most
-        if limit > most:
-            raise OptionsError(f"max_codes={limit} exceeds this checkpoint's limit of {most} codes "
-                               f"(its mel position table); lower max_codes or split the text")
-        return limit
+        return code_limit(self.config, options)
 
     def sampling_params(self, options: SamplingOptions):
         """A new `vllm.SamplingParams` for one request (never shared, never reused)."""
