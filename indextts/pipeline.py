@@ -389,6 +389,11 @@ class IndexTTS:
         chunks = [c.samples for c in self.stream(text, voice, options, max_tokens_per_segment)]
         return float_to_int16(torch.cat(chunks)) if chunks else torch.zeros(0, dtype=torch.int16)
 
+    def run(self, coro):
+        """Run a coroutine on this pipeline's event loop, where its async stages live (e.g. many
+        `self.synthesizer.stream(...)` calls gathered at once), and return its result."""
+        return self._loop.run(coro)
+
     def _max_tokens(self, n: Optional[int]) -> int:
         limit = self.info.config.gpt.max_text_tokens
         if n is None:

@@ -1,0 +1,138 @@
+"""End-to-end synthesis: text in, audio out (frontend + conditioning + GPT + latents + vocoder).
+
+    # ours (vLLM engine), 1.5 size, ~10 s utterances at concurrency 1, 16, 64:
+    python bench/bench_e2e.py --model-dir /tmp/ckpt-1.5 --device cuda --engine vllm --out bench/results/e2e_vllm.json
+    # the original project's approach (PyTorch KV-cache decoding, batch 1, fp16, latent pass, BigVGAN):
+    python bench/bench_e2e.py --model-dir /tmp/ckpt-1.5 --device cuda --engine torch --dtype float16 \
+        --levels 1 --out bench/results/e2e_baseline.json
+    # smoke run on a CPU with the tiny checkpoint:
+    python bench/bench_e2e.py --model-dir tests/golden/tiny --device cpu --engine torch --levels 1 2 \
+        --segment-codes 20 --out /tmp/e2e.json
+
+Random weights rarely emit the stop code, so every segment is forced to `--segment-codes` codes
+(234 codes = 9.98 s of audio at 23.4375 codes/s). Each request speaks `--segments` sentences, one
+segment each, so streaming behaviour is visible. Per request we record the time to the first
+audio (first segment vocoded), the total time and the real-time factor (total time / audio
+length); a stream is *real-time* when no chunk arrives later than the audio before it takes to
+play from the first chunk on. Per level: medians, p95s, the share of real-time streams, aggregate
+audio seconds per wall second and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+CODES_PER_SECOND = 23.4375
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def is_real_time(arrivals: list[float], durations: list[float]) -> bool:
+    """No chunk later than the playback of the chunks before it, counted from the first chunk."""
+    played = 0.0
+    for t, d in zip(arrivals, durations):
+        if t - arrivals[0] > played + 1e-3:
+            return False
+        played += d
+    return True
+
+
+def gpu_memory_mib() -> float | None:
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return float(out.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+async def one_request(tts, text: str, voice, options, max_tokens: int) -> dict:
+    start = time.perf_counter()
+    arrivals, durations = [], []
+    async for chunk in tts.synthesizer.stream(text, voice, options, max_tokens):
+        arrivals.append(time.perf_counter() - start)
+        durations.append(chunk.samples.numel() / chunk.sample_rate)
+    total = arrivals[-1]
+    audio = sum(durations)
+    return {"ttfa_s": arrivals[0], "total_s": total, "audio_s": audio, "rtf": total / audio,
+            "real_time": is_real_time(arrivals, durations)}
+
+
+async def run_level(tts, level: int, text: str, voice, options, max_tokens: int) -> dict:
+    start = time.perf_counter()
+    rows = await asyncio.gather(*(one_request(tts, text, voice, options, max_tokens) for _ in range(level)))
+    wall = time.perf_counter() - start
+    return {
+        "concurrency": level, "wall_s": wall,
+        "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall,
+        "ttfa_median_s": statistics.median(r["ttfa_s"] for r in rows),
+        "ttfa_p95_s": percentile([r["ttfa_s"] for r in rows], 0.95),
+        "rtf_median": statistics.median(r["rtf"] for r in rows),
+        "rtf_p95": percentile([r["rtf"] for r in rows], 0.95),
+        "real_time_share": sum(r["real_time"] for r in rows) / level,
+        "audio_s_per_request": rows[0]["audio_s"],
+        "gpu_memory_mib": gpu_memory_mib(),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--voice", default=str(Path(__file__).parent.parent / "tests/golden/tiny/ref_a.wav"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--engine", choices=["torch", "vllm"], default="vllm")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--segments", type=int, default=1, help="sentences (segments) per request")
+    p.add_argument("--segment-codes", type=int, default=234, help="codes per segment (234 = 9.98 s)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.6)
+    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    import torch
+
+    from indextts.pipeline import IndexTTS
+    from indextts.types import SamplingOptions
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    extra = {"max_num_seqs": args.max_num_seqs} if args.engine == "vllm" else {}
+    started = time.perf_counter()
+    tts = IndexTTS.from_pretrained(args.model_dir, device=args.device, dtype=dtype, engine=args.engine,
+                                   gpu_memory_utilization=args.gpu_memory_utilization, **extra)
+    startup = time.perf_counter() - started
+    voice = tts.voice(args.voice)
+    text = " ".join([SENTENCE] * args.segments)
+    options = SamplingOptions(max_codes=args.segment_codes, ignore_stop=True, seed=0)
+    max_tokens = tts.info.config.gpt.max_text_tokens
+    segment_tokens = len(tts.frontend.process_sync(SENTENCE, max_tokens).ids)
+    tts.run(run_level(tts, 2, text, voice, options, segment_tokens))    # warm-up (compiles, caches voice)
+    results = {"engine": args.engine, "device": args.device, "dtype": str(tts.vocoder.dtype),
+               "startup_s": startup, "segments_per_request": args.segments,
+               "codes_per_segment": args.segment_codes,
+               "audio_s_per_segment": args.segment_codes * 1024 / 24000, "levels": []}
+    if args.device.startswith("cuda"):
+        results["gpu"] = torch.cuda.get_device_name(0)
+    for level in args.levels:
+        row = tts.run(run_level(tts, level, text, voice, options, segment_tokens))
+        print(json.dumps(row), flush=True)
+        results["levels"].append(row)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    tts.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
