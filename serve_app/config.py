@@ -50,6 +50,9 @@ class AppArgs(BaseModel):
     vocoder_max_batch_size: int = Field(8, ge=1, le=256)
     vocoder_batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
     max_tokens_per_segment: int = Field(120, ge=1, le=600)
+    bench_forced_codes: Optional[int] = Field(
+        None, ge=1, le=2000, description="benchmarks on random-weight checkpoints only: every segment "
+        "generates exactly this many codes, ignoring the stop code (random weights rarely emit it)")
     max_input_chars: int = Field(4096, ge=1)
     segment_lookahead: int = Field(4, ge=1, le=64, description="segments generated ahead of playback")
     max_upload_files: int = Field(8, ge=1, le=64)

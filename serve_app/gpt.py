@@ -8,8 +8,9 @@ engine request (vLLM frees the sequence's KV cache, the PyTorch engine stops at 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Optional
 
 from ray import serve
 
@@ -25,13 +26,19 @@ logger = logging.getLogger(__name__)
 class GPT:
     """Thin shim over a `GPTStage`, built inside the replica by `make_stage`."""
 
-    def __init__(self, make_stage: Callable[[], GPTStage]):
+    def __init__(self, make_stage: Callable[[], GPTStage], forced_codes: Optional[int] = None):
         self.stage = make_stage()
+        self.forced_codes = forced_codes
+        if forced_codes:
+            logger.warning("benchmark mode: every segment generates exactly %d codes, stop code ignored",
+                           forced_codes)
 
     async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions,
                        partial: bool = True) -> AsyncIterator[CodeChunk]:
         """Code chunks of one segment; the final one carries all codes and the latents.
         `partial=False` sends only the final chunk (one message instead of one per chunk)."""
+        if self.forced_codes:
+            options = dataclasses.replace(options, max_codes=self.forced_codes, ignore_stop=True)
         codes = self.stage.generate(voice, segment, options)
         try:
             async for chunk in codes:

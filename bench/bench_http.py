@@ -1,0 +1,120 @@
+"""Time to first audio byte through the HTTP API (streaming), and real-time streams, on Ray Serve.
+
+    python bench/bench_http.py --model-dir /tmp/ckpt-1.5 --device cuda --out bench/results/http.json
+    # smoke run on a CPU:
+    python bench/bench_http.py --model-dir tests/golden/tiny --device cpu --gpt-engine torch \
+        --levels 1 2 --segment-codes 20 --out /tmp/http.json
+
+Starts the Serve graph in this process (`serve_app.app:build_app`, benchmark mode: every segment is
+forced to `--segment-codes` codes because random weights rarely stop), then sends `c` concurrent
+`POST /v1/audio/speech` requests (`response_format=pcm`, streamed) per level. Per request: time to
+the first audio byte, total time, and whether the stream stayed real-time (every byte arrived
+before the audio before it had finished playing, counted from the first byte).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+BYTES_PER_SECOND = 24000 * 2      # pcm: 24 kHz, 16-bit mono
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
+    start = time.perf_counter()
+    first = None
+    received = 0
+    late = False
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for data in response.aiter_bytes():
+            now = time.perf_counter() - start
+            if first is None:
+                first = now
+            elif now - first > received / BYTES_PER_SECOND + 1e-3:
+                late = True
+            received += len(data)
+    total = time.perf_counter() - start
+    audio = received / BYTES_PER_SECOND
+    return {"ttfa_s": first, "total_s": total, "audio_s": audio, "real_time": not late}
+
+
+async def level_run(url: str, body: dict, level: int) -> dict:
+    limits = httpx.Limits(max_connections=level + 4, max_keepalive_connections=level + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        rows = await asyncio.gather(*(one(client, url, body) for _ in range(level)))
+        wall = time.perf_counter() - start
+    return {"concurrency": level, "wall_s": wall,
+            "ttfa_median_s": statistics.median(r["ttfa_s"] for r in rows),
+            "ttfa_p95_s": percentile([r["ttfa_s"] for r in rows], 0.95),
+            "real_time_share": sum(r["real_time"] for r in rows) / level,
+            "audio_s_per_request": rows[0]["audio_s"],
+            "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--voice", default=str(Path(__file__).parent.parent / "tests/golden/tiny/ref_a.wav"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--gpt-engine", choices=["vllm", "torch"], default="vllm")
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--segments", type=int, default=3)
+    p.add_argument("--segment-codes", type=int, default=117, help="codes per segment (117 = 4.99 s)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    voices = Path(tempfile.mkdtemp(prefix="bench-voices-"))
+    (voices / "ref.wav").write_bytes(Path(args.voice).read_bytes())
+    (voices / "speaker.json").write_text(json.dumps({"bench": ["ref.wav"]}))
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    app_args = {"model_dir": args.model_dir, "device": args.device, "gpt_engine": args.gpt_engine,
+                "voices_dir": str(voices), "bench_forced_codes": args.segment_codes,
+                "gpu_memory_utilization": args.gpu_memory_utilization}
+    started = time.perf_counter()
+    serve.run(build_app(app_args), name="bench", route_prefix="/")
+    startup = time.perf_counter() - started
+    url = f"http://127.0.0.1:{args.port}/v1/audio/speech"
+    from indextts.text import TextFrontend
+    sentence_tokens = len(TextFrontend.from_model_dir(args.model_dir).process(SENTENCE).ids)
+    body = {"model": "tts-1", "voice": "bench", "input": " ".join([SENTENCE] * args.segments),
+            "response_format": "pcm", "seed": 0, "max_tokens_per_segment": sentence_tokens}
+    asyncio.run(level_run(url, body, 2))            # warm-up: compiles, caches the voice
+    results = {"engine": args.gpt_engine, "device": args.device, "startup_s": startup,
+               "segments_per_request": args.segments, "codes_per_segment": args.segment_codes, "levels": []}
+    for level in args.levels:
+        row = asyncio.run(level_run(url, body, level))
+        print(json.dumps(row), flush=True)
+        results["levels"].append(row)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
