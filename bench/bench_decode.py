@@ -1,13 +1,14 @@
 """GPT decode throughput: our vLLM model vs stock vLLM running a plain GPT-2 of the same size.
 
-    python bench/bench_decode.py --model-dir /tmp/ckpt-1.5 --out bench/results/decode.json
+    python bench/bench_decode.py --model-dir /var/tmp/ckpt-1.5 --out bench/results/decode.json
 
 Each level launches `c` concurrent requests of exactly `--codes` codes (random weights rarely
 emit the stop code, so the stop is ignored: 500 codes = 21.3 s of audio) with the original's
 sampling defaults (top-k 30, top-p 0.8, temperature 1, repetition penalty 10). Per-request
 decode rate is (codes - 1) / (time of last code - time of first code); the aggregate rate is
-all codes over the wall time of the level. Both engines run in their own subprocess one after
-the other, so each gets the same GPU memory share. GPU memory is read with nvidia-smi.
+all codes over the wall time of the level. Both engines run in their own top-level process
+(`--engine ours|stock`), one after the other, so each gets the same GPU memory share and vLLM's
+own subprocesses start from a plain `__main__`. GPU memory is read with nvidia-smi.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
 import statistics
 import subprocess
 import sys
@@ -74,7 +74,7 @@ async def run_levels(submit, levels, codes: int) -> list[dict]:
     return results
 
 
-def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, queue) -> None:
+def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float) -> dict:
     import torch
 
     from indextts.types import SamplingOptions
@@ -94,11 +94,12 @@ def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, q
             yield 0 if chunk.final else len(chunk.codes)
 
     async def main():
-        return await run_levels(submit, levels, codes)
+        rows = await run_levels(submit, levels, codes)
+        engine.shutdown()       # on the loop that vLLM's output task runs on
+        return rows
 
     rows = run_loop(main)
-    queue.put({"engine": "indextts-vllm", "startup_s": startup, "levels": rows})
-    engine.shutdown()
+    return {"engine": "indextts-vllm", "startup_s": startup, "levels": rows}
 
 
 def run_loop(main):
@@ -110,7 +111,7 @@ def run_loop(main):
 
 
 def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
-          work_dir: str, queue) -> None:
+          work_dir: str) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
@@ -137,23 +138,12 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
             yield len(out.outputs[0].token_ids)
 
     async def main():
-        return await run_levels(submit, levels, codes)
+        rows = await run_levels(submit, levels, codes)
+        llm.shutdown()
+        return rows
 
     rows = run_loop(main)
-    queue.put({"engine": "stock-vllm-gpt2", "startup_s": startup, "levels": rows})
-    llm.shutdown()
-
-
-def run_in_subprocess(target, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join(timeout=60)
-    if proc.is_alive():
-        proc.kill()
-    return result
+    return {"engine": "stock-vllm-gpt2", "startup_s": startup, "levels": rows}
 
 
 def main() -> int:
@@ -165,7 +155,7 @@ def main() -> int:
     p.add_argument("--text-tokens", type=int, default=60)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     p.add_argument("--work-dir", default="/tmp/bench-decode")
-    p.add_argument("--skip-stock", action="store_true")
+    p.add_argument("--engine", choices=["both", "ours", "stock"], default="both")
     args = p.parse_args()
 
     from indextts.config import IndexTTSConfig
@@ -178,13 +168,19 @@ def main() -> int:
         results["device"] = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - informational only
         results["device"] = "unknown"
-    results["runs"].append(run_in_subprocess(ours, args.model_dir, args.levels, args.codes, args.text_tokens,
-                                             args.gpu_memory_utilization))
-    if not args.skip_stock:
-        prompt_len = 32 + args.text_tokens + 2 + 1
-        results["runs"].append(run_in_subprocess(stock, cfg.model_dim, cfg.layers, cfg.heads, args.levels,
-                                                 args.codes, prompt_len, args.gpu_memory_utilization,
-                                                 args.work_dir))
+    if args.engine == "ours":
+        results["runs"].append(ours(args.model_dir, args.levels, args.codes, args.text_tokens,
+                                    args.gpu_memory_utilization))
+    elif args.engine == "stock":
+        results["runs"].append(stock(cfg.model_dim, cfg.layers, cfg.heads, args.levels, args.codes,
+                                     32 + args.text_tokens + 2 + 1, args.gpu_memory_utilization, args.work_dir))
+    else:
+        for engine in ("ours", "stock"):
+            part = Path(args.work_dir) / f"decode-{engine}.json"
+            cmd = [sys.executable, __file__, "--engine", engine, "--out", str(part)] + [
+                a for a in sys.argv[1:] if a not in ("--out", args.out, "--engine", "both")]
+            subprocess.run(cmd, check=True)
+            results["runs"] += json.loads(part.read_text())["runs"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

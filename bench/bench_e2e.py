@@ -1,9 +1,9 @@
 """End-to-end synthesis: text in, audio out (frontend + conditioning + GPT + latents + vocoder).
 
     # ours (vLLM engine), 1.5 size, ~10 s utterances at concurrency 1, 16, 64:
-    python bench/bench_e2e.py --model-dir /tmp/ckpt-1.5 --device cuda --engine vllm --out bench/results/e2e_vllm.json
+    python bench/bench_e2e.py --model-dir /var/tmp/ckpt-1.5 --device cuda --engine vllm --out bench/results/e2e_vllm.json
     # the original project's approach (PyTorch KV-cache decoding, batch 1, fp16, latent pass, BigVGAN):
-    python bench/bench_e2e.py --model-dir /tmp/ckpt-1.5 --device cuda --engine torch --dtype float16 \
+    python bench/bench_e2e.py --model-dir /var/tmp/ckpt-1.5 --device cuda --engine torch --dtype float16 \
         --levels 1 --out bench/results/e2e_baseline.json
     # smoke run on a CPU with the tiny checkpoint:
     python bench/bench_e2e.py --model-dir tests/golden/tiny --device cpu --engine torch --levels 1 2 \

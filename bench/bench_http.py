@@ -1,6 +1,6 @@
 """Time to first audio byte through the HTTP API (streaming), and real-time streams, on Ray Serve.
 
-    python bench/bench_http.py --model-dir /tmp/ckpt-1.5 --device cuda --out bench/results/http.json
+    python bench/bench_http.py --model-dir /var/tmp/ckpt-1.5 --device cuda --out bench/results/http.json
     # smoke run on a CPU:
     python bench/bench_http.py --model-dir tests/golden/tiny --device cpu --gpt-engine torch \
         --levels 1 2 --segment-codes 20 --out /tmp/http.json

@@ -1,6 +1,6 @@
 """vLLM engine vs the PyTorch engine on a full-size checkpoint (GPU, bf16).
 
-    python bench/gpu_parity.py --model-dir /tmp/ckpt-1.5 --out bench/results/gpu_parity.json
+    python bench/gpu_parity.py --model-dir /var/tmp/ckpt-1.5 --out bench/results/gpu_parity.json
 
 Both engines decode the same prompts greedily (repetition penalty 10); we report how many leading
 codes agree and, for the codes vLLM produced, how close its latents are to the PyTorch latent pass
