@@ -162,12 +162,19 @@ class TorchGPTStage:
         cond = self.conditioning(voice)
         with torch.no_grad():
             prompt = encode_prompt(self.model, cond, segment.ids)
-            raw = []
-            for code in stream_codes(self.model, cond, segment.ids, options, prompt=prompt):
-                if cancelled.is_set():
-                    raise asyncio.CancelledError()
-                raw.append(code)
-                emit(code)
+            if options.num_beams > 1:   # the whole segment is searched before any code is known
+                from indextts.gpt.beam_search import beam_search_codes
+                raw = beam_search_codes(self.model, cond, segment.ids, options, options.num_beams,
+                                        prompt=prompt).codes_raw.tolist()
+                for code in raw:
+                    emit(code)
+            else:
+                raw = []
+                for code in stream_codes(self.model, cond, segment.ids, options, prompt=prompt):
+                    if cancelled.is_set():
+                        raise asyncio.CancelledError()
+                    raw.append(code)
+                    emit(code)
             raw_t = torch.tensor(raw, dtype=torch.long)
             if options.ignore_stop:
                 codes, stopped = raw_t, False

@@ -26,6 +26,8 @@ def add_synth_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output WAV path (a directory with --text-file)")
     p.add_argument("--greedy", action="store_true",
                    help="the original's deterministic mode: no sampling, one beam, repetition penalty 10")
+    p.add_argument("--num-beams", type=int, default=1,
+                   help="with --greedy: beam search width (the original's quality mode is 3; torch engine only)")
     p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=30)
@@ -45,7 +47,9 @@ def add_synth_parser(sub) -> None:
 def options_from_args(args: argparse.Namespace) -> SamplingOptions:
     if args.greedy:
         return SamplingOptions.deterministic(repetition_penalty=args.repetition_penalty,
-                                             max_codes=args.max_codes, seed=args.seed)
+                                             max_codes=args.max_codes, seed=args.seed, num_beams=args.num_beams)
+    if args.num_beams != 1:
+        raise OptionsError("--num-beams needs --greedy (beam search does not sample)")
     return SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            repetition_penalty=args.repetition_penalty, seed=args.seed,
                            max_codes=args.max_codes)

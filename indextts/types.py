@@ -34,6 +34,8 @@ class SamplingOptions:
     # Benchmarks: random weights rarely emit the stop code, so a run may generate exactly
     # `max_codes` codes, treating the stop code as an ordinary code.
     ignore_stop: bool = False
+    # Beam search (the original's quality mode is num_beams=3 with greedy=True); PyTorch engine only.
+    num_beams: int = 1
 
     def __post_init__(self):
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
@@ -52,6 +54,10 @@ class SamplingOptions:
             raise OptionsError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
         if self.max_codes is not None and (not isinstance(self.max_codes, int) or self.max_codes < 1):
             raise OptionsError(f"max_codes must be a positive integer, got {self.max_codes!r}")
+        if not isinstance(self.num_beams, int) or isinstance(self.num_beams, bool) or not 1 <= self.num_beams <= 8:
+            raise OptionsError(f"num_beams must be an integer in [1, 8], got {self.num_beams!r}")
+        if self.num_beams > 1 and not self.greedy:
+            raise OptionsError("beam search is deterministic: use num_beams > 1 with greedy=True (no sampling)")
         if self.ignore_stop and self.max_codes is None:
             raise OptionsError("ignore_stop needs max_codes (the forced number of codes)")
 

@@ -44,6 +44,14 @@ def test_greedy_reproduces_golden_waveform(tts, expected, expected_meta, index):
     assert (audio.int() - want.int()).abs().max() <= 2
 
 
+def test_beam_search_reproduces_golden_waveform(tts, expected, expected_meta):
+    text, ref, _ = _golden_e2e(expected_meta, 0)
+    audio = tts.synthesize(text, ref, SamplingOptions.deterministic(num_beams=3))
+    want = expected["e2e0.beam3.wav_int16"].reshape(-1)
+    assert audio.shape == want.shape
+    assert (audio.int() - want.int()).abs().max() <= 2
+
+
 def test_stream_yields_each_segment(tts, expected, expected_meta):
     text, ref, max_tokens = _golden_e2e(expected_meta, 1)
     chunks = list(tts.stream(text, ref, GREEDY, max_tokens_per_segment=max_tokens))
@@ -113,7 +121,7 @@ def test_bad_options(tts):
     with pytest.raises(OptionsError, match="max_codes"):
         tts.synthesize("Hello.", TINY / "ref_a.wav", SamplingOptions.deterministic(max_codes=1000))
     for kwargs in ({"temperature": 0}, {"top_p": 1.5}, {"top_k": -1}, {"repetition_penalty": 0},
-                   {"seed": -3}, {"max_codes": 0}):
+                   {"seed": -3}, {"max_codes": 0}, {"num_beams": 3}, {"greedy": True, "num_beams": 0}):
         with pytest.raises(OptionsError):
             SamplingOptions(**kwargs)
 
@@ -173,6 +181,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "device" in capsys.readouterr().err
     assert main(args + ["--text", "Hello", "--top-p", "2"]) == 2
     assert "top_p" in capsys.readouterr().err
+    assert main(args + ["--text", "Hello", "--num-beams", "3"]) == 2
+    assert "--greedy" in capsys.readouterr().err
     assert main(["synth", "--model-dir", str(tmp_path / "none"), "--voice", "x.wav", "--text", "hi",
                  "--out", str(tmp_path / "o.wav")]) == 2
     assert "does not exist" in capsys.readouterr().err

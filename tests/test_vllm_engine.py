@@ -356,6 +356,8 @@ def test_bad_requests_raise_before_reaching_vllm(engine, loop, expected, sentenc
         loop.run(collect(engine, cond, sentences[0], SamplingOptions(max_codes=61)))
     with pytest.raises(OptionsError):
         loop.run(collect(engine, cond, sentences[0], SamplingOptions(temperature=2.5)))
+    with pytest.raises(OptionsError, match="beam search"):
+        loop.run(collect(engine, cond, sentences[0], SamplingOptions.deterministic(num_beams=3)))
     with pytest.raises(TextError):
         loop.run(collect(engine, cond, [5] * 81, greedy("rp10")))
     with pytest.raises(VoiceError):

@@ -200,6 +200,9 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        if options.num_beams > 1:
+            raise OptionsError("beam search (num_beams > 1) runs on the PyTorch engine only; "
+                               "use engine='torch' or num_beams=1")
         if not options.greedy and options.temperature > MAX_TEMPERATURE:
             raise OptionsError(f"temperature {options.temperature} is above {MAX_TEMPERATURE}, the most vLLM accepts "
                                "(SamplingParams); use the PyTorch engine for hotter sampling")
