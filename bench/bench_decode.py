@@ -22,16 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from common import gpu_memory_mib
+
 LEVELS = (1, 8, 32, 64, 256)
-
-
-def gpu_memory_mib() -> int | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return int(out.split()[0])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-        return None
 
 
 def summarize(level: int, wall: float, per_request: list[tuple[float, float, int]]) -> dict:

@@ -28,13 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from common import gpu_memory_mib, percentile
+
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
-CODES_PER_SECOND = 23.4375
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def is_real_time(arrivals: list[float], durations: list[float]) -> bool:
@@ -45,16 +41,6 @@ def is_real_time(arrivals: list[float], durations: list[float]) -> bool:
             return False
         played += d
     return True
-
-
-def gpu_memory_mib() -> float | None:
-    import subprocess
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return float(out.split()[0])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-        return None
 
 
 async def one_request(tts, text: str, voice, options, max_tokens: int) -> dict:

@@ -23,15 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import percentile
+
 import httpx
 
 BYTES_PER_SECOND = 24000 * 2      # pcm: 24 kHz, 16-bit mono
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
