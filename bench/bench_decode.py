@@ -104,7 +104,7 @@ def run_loop(main):
 
 
 def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
-          work_dir: str) -> dict:
+          work_dir: str, v1_runner: bool = False) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
@@ -119,7 +119,10 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
     started = time.perf_counter()
     llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
         model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
-        max_num_seqs=max(levels), seed=0))
+        max_num_seqs=max(levels), seed=0,
+        # vLLM 0.26.0 runs embeddings prompts on its V1 model runner only; enabling them here puts
+        # the stock model on the same runner, separating the runner's cost from our model's.
+        enable_prompt_embeds=v1_runner))
     startup = time.perf_counter() - started
     prompt = {"prompt_token_ids": [1] * (prompt_len - 1) + [8192]}
     counter = iter(range(10**9))
@@ -136,7 +139,8 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
         return rows
 
     rows = run_loop(main)
-    return {"engine": "stock-vllm-gpt2", "startup_s": startup, "levels": rows}
+    return {"engine": "stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), "startup_s": startup,
+            "levels": rows}
 
 
 def main() -> int:
@@ -148,7 +152,9 @@ def main() -> int:
     p.add_argument("--text-tokens", type=int, default=60)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     p.add_argument("--work-dir", default="/tmp/bench-decode")
-    p.add_argument("--engine", choices=["both", "ours", "stock"], default="both")
+    p.add_argument("--engine", choices=["both", "ours", "stock", "stock-v1"], default="both",
+                   help="both = ours then stock, each in its own process; stock-v1 = stock GPT-2 on "
+                        "vLLM's V1 model runner (the one embeddings prompts need)")
     args = p.parse_args()
 
     from indextts.config import IndexTTSConfig
@@ -164,9 +170,10 @@ def main() -> int:
     if args.engine == "ours":
         results["runs"].append(ours(args.model_dir, args.levels, args.codes, args.text_tokens,
                                     args.gpu_memory_utilization))
-    elif args.engine == "stock":
+    elif args.engine in ("stock", "stock-v1"):
         results["runs"].append(stock(cfg.model_dim, cfg.layers, cfg.heads, args.levels, args.codes,
-                                     32 + args.text_tokens + 2 + 1, args.gpu_memory_utilization, args.work_dir))
+                                     32 + args.text_tokens + 2 + 1, args.gpu_memory_utilization, args.work_dir,
+                                     v1_runner=args.engine == "stock-v1"))
     else:
         for engine in ("ours", "stock"):
             part = Path(args.work_dir) / f"decode-{engine}.json"
