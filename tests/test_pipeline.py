@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import soundfile as sf
@@ -186,3 +187,42 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["synth", "--model-dir", str(tmp_path / "none"), "--voice", "x.wav", "--text", "hi",
                  "--out", str(tmp_path / "o.wav")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_closing_a_torch_segment_stream_stops_its_worker(tts, monkeypatch):
+    import asyncio
+
+    import indextts.gpt.generation as generation
+    from indextts.types import Segment
+
+    produced = []
+    real = generation.stream_codes
+
+    def counting(*args, **kwargs):
+        for code in real(*args, **kwargs):
+            produced.append(code)
+            time.sleep(0.005)     # a realistic step time, so the worker cannot outrun the close
+            yield code
+
+    monkeypatch.setattr(generation, "stream_codes", counting)
+    voice = tts.voice(TINY / "ref_a.wav")
+    options = SamplingOptions.deterministic(max_codes=60, ignore_stop=True)
+
+    async def first_chunk_then_close():
+        gen = tts.gpt.generate(voice, Segment((3, 160, 26, 225, 99)), options)
+        chunk = await gen.__anext__()
+        await gen.aclose()
+        return chunk
+
+    chunk = tts.run(first_chunk_then_close())
+    assert not chunk.final and len(chunk.codes) == 16
+    assert 16 <= len(produced) < 60      # the worker stopped soon after the consumer left
+    full = tts.run(_collect(tts.gpt.generate(voice, Segment((3, 160, 26, 225, 99)), options)))
+    assert len(full.codes) == 60
+
+
+async def _collect(gen):
+    final = None
+    async for chunk in gen:
+        final = chunk
+    return final
