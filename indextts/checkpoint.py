@@ -17,7 +17,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -178,15 +178,28 @@ def build_vocoder(cfg: IndexTTSConfig) -> nn.Module:
     return BigVGAN(cfg.bigvgan)
 
 
+def _load(build, path: Path, containers: tuple[str, ...], device, dtype,
+          keep: Optional[tuple[str, ...]] = None, ignore: re.Pattern | None = None) -> nn.Module:
+    """Build on the meta device (no memory for random init), materialise on the CPU, load the
+    state dict strictly (only the keys starting with `keep`, when given), then `post_load()`."""
+    with torch.device("meta"):
+        model = build()
+    model = model.to_empty(device="cpu")
+    state = read_state_dict(path, containers)
+    name = path.name
+    if keep is not None:
+        state = {k: v for k, v in state.items() if k.startswith(keep)}
+        name = f"{name} ({', '.join(p.rstrip('.') for p in keep)})"
+    load_strict(model, state, name, ignore)
+    model.post_load()
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def load_gpt(info: CheckpointInfo, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> nn.Module:
     """UnifiedVoice with `gpt.pth` loaded strictly, in eval mode on `device`."""
-    with torch.device("meta"):
-        model = build_gpt(info.config)
-    model = model.to_empty(device="cpu")
-    load_strict(model, read_state_dict(info.gpt_path, ("model",)), info.gpt_path.name, GPT_IGNORED_KEYS)
-    model.post_load()
-    return model.to(device=device, dtype=dtype).eval()
+    return _load(lambda: build_gpt(info.config), info.gpt_path, ("model",), device, dtype,
+                 ignore=GPT_IGNORED_KEYS)
 
 
 def load_conditioner(info: CheckpointInfo, device: str | torch.device = "cpu",
@@ -194,25 +207,14 @@ def load_conditioner(info: CheckpointInfo, device: str | torch.device = "cpu",
     """Only the voice encoder of `gpt.pth` (conformer + perceiver), strictly: for engines that run
     the GPT itself elsewhere (vLLM) and must not hold a second copy of its weights."""
     from indextts.gpt.model import Conditioner
-    with torch.device("meta"):
-        model = Conditioner(info.config.gpt)
-    model = model.to_empty(device="cpu")
-    stored = read_state_dict(info.gpt_path, ("model",))
-    subset = {k: v for k, v in stored.items() if k.startswith(Conditioner.PREFIXES)}
-    load_strict(model, subset, f"{info.gpt_path.name} (conditioning encoder)")
-    model.post_load()
-    return model.to(device=device, dtype=dtype).eval()
+    return _load(lambda: Conditioner(info.config.gpt), info.gpt_path, ("model",), device, dtype,
+                 keep=Conditioner.PREFIXES)
 
 
 def load_vocoder(info: CheckpointInfo, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> nn.Module:
     """BigVGAN with `bigvgan_generator.pth` loaded strictly and weight norm folded, in eval mode."""
-    with torch.device("meta"):
-        model = build_vocoder(info.config)
-    model = model.to_empty(device="cpu")
-    load_strict(model, read_state_dict(info.bigvgan_path, ("generator",)), info.bigvgan_path.name)
-    model.post_load()
-    return model.to(device=device, dtype=dtype).eval()
+    return _load(lambda: build_vocoder(info.config), info.bigvgan_path, ("generator",), device, dtype)
 
 
 @dataclass

@@ -10,7 +10,6 @@ original ignores the config's `dataset.mel` section; it is therefore not part of
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -72,11 +71,6 @@ class GPTConfig:
     def mel_positions(self) -> int:
         """Rows of `mel_pos_embedding`: start + codes + stop, plus the original's spare row."""
         return self.max_mel_tokens + 3
-
-    @property
-    def max_segment_text_tokens(self) -> int:
-        """Most BPE ids one segment may carry (start and stop text tokens take two rows)."""
-        return self.max_text_tokens
 
     @property
     def max_generated_codes(self) -> int:
@@ -305,7 +299,3 @@ PRESETS: dict[str, IndexTTSConfig] = {
     "1.5": _preset("1.5", 24, 1280, 20, 800, 600, "gelu_pytorch_tanh"),
 }
 
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    """`dataclasses.replace`, re-exported for callers that derive configs (tests, benchmarks)."""
-    return dataclasses.replace(cfg, **changes)

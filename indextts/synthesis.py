@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Optional
 
 import torch
@@ -101,5 +101,4 @@ class Synthesizer:
 
 
 def _with_seed(options: SamplingOptions, seed: int) -> SamplingOptions:
-    from dataclasses import replace
     return replace(options, seed=seed % 2**63)

@@ -149,20 +149,56 @@ class LearnedPositions(nn.Module):
         return self.emb(positions)
 
 
-class UnifiedVoice(nn.Module):
-    """The IndexTTS GPT. Submodule names are the checkpoint's; see the module docstring."""
+class Conditioner(nn.Module):
+    """The voice half of UnifiedVoice (conformer + perceiver): `get_conditioning(mel) -> [B, 32, D]`.
+
+    Also used alone by engines whose GPT lives elsewhere (vLLM); the submodule names are the
+    checkpoint's, so it loads the `conditioning_encoder.*` and `perceiver_encoder.*` keys of gpt.pth.
+    """
+
+    PREFIXES = ("conditioning_encoder.", "perceiver_encoder.")
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.cfg = cfg
+        cond = cfg.condition
+        self.conditioning_encoder = ConformerEncoder(cond, MEL_BINS)
+        self.perceiver_encoder = PerceiverResampler(cfg.model_dim, cond.output_size, cond.num_latents,
+                                                    cond.attention_heads, cond.perceiver_mult)
+
+    def post_load(self) -> None:
+        """Called by the checkpoint loaders after the strict load. Nothing to rebuild: there are
+        no non-persistent buffers (attention masks are made per call; the conformer's sinusoid
+        table is stored in gpt.pth). Loaded weights serve inference, so they are frozen: calls
+        made outside `torch.no_grad()` then build no autograd graph."""
+        self.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.perceiver_encoder.latents.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.perceiver_encoder.latents.dtype
+
+    def get_conditioning(self, mel: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """mel: [B, 100, T] log-mel of the reference, lengths: [B] valid frames (default T)
+        -> conditioning latents [B, 32, D]."""
+        if lengths is None:
+            lengths = torch.full((mel.size(0),), mel.size(-1), dtype=torch.long, device=mel.device)
+        hidden, mask = self.conditioning_encoder(mel.transpose(1, 2), lengths)   # [B, T', C], [B, 1, T']
+        return self.perceiver_encoder(hidden, mask.squeeze(1))
+
+
+class UnifiedVoice(Conditioner):
+    """The IndexTTS GPT. Submodule names are the checkpoint's; see the module docstring."""
+
+    def __init__(self, cfg: GPTConfig):
         if cfg.activation_function not in _ACTIVATIONS:
             raise ConfigError(f"gpt.activation_function {cfg.activation_function!r} is not supported; "
                               f"use one of {sorted(_ACTIVATIONS)}")
-        self.cfg = cfg
+        super().__init__(cfg)   # conditioning_encoder, perceiver_encoder: first, as in gpt.pth
         d = cfg.model_dim
-        cond = cfg.condition
-        self.conditioning_encoder = ConformerEncoder(cond, MEL_BINS)
-        self.perceiver_encoder = PerceiverResampler(d, cond.output_size, cond.num_latents, cond.attention_heads,
-                                                    cond.perceiver_mult)
         self.text_embedding = nn.Embedding(cfg.text_vocab_size, d)
         self.mel_embedding = nn.Embedding(cfg.number_mel_codes, d)
         self.gpt = GPT2(d, cfg.layers, cfg.heads, cfg.activation_function)
@@ -173,31 +209,6 @@ class UnifiedVoice(nn.Module):
         self.mel_head = nn.Linear(d, cfg.number_mel_codes)
         for emb in (self.text_embedding, self.mel_embedding):
             nn.init.normal_(emb.weight, std=0.02)
-
-    def post_load(self) -> None:
-        """Called by `checkpoint.load_gpt` after the strict load. Nothing to rebuild: the model
-        has no non-persistent buffers (attention masks are made per call) and the conformer's
-        sinusoid table is stored in gpt.pth. A loaded model serves inference, so its weights are
-        frozen: calls made outside `torch.no_grad()` then build no autograd graph."""
-        self.requires_grad_(False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.mel_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.mel_head.weight.dtype
-
-    # -- conditioning -----------------------------------------------------------------------
-
-    def get_conditioning(self, mel: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """mel: [B, 100, T] log-mel of the reference, lengths: [B] valid frames (default T)
-        -> conditioning latents [B, 32, D]."""
-        if lengths is None:
-            lengths = torch.full((mel.size(0),), mel.size(-1), dtype=torch.long, device=mel.device)
-        hidden, mask = self.conditioning_encoder(mel.transpose(1, 2), lengths)   # [B, T', C], [B, 1, T']
-        return self.perceiver_encoder(hidden, mask.squeeze(1))
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -254,31 +265,3 @@ class UnifiedVoice(nn.Module):
         return KVCache.empty(self.cfg.layers, batch, self.cfg.heads, self.cfg.head_dim, capacity,
                              dtype=self.dtype, device=self.device)
 
-
-class Conditioner(nn.Module):
-    """The voice half of UnifiedVoice (conformer + perceiver), for engines whose GPT lives
-    elsewhere (vLLM): same submodule names, so it loads the `conditioning_encoder.*` and
-    `perceiver_encoder.*` keys of gpt.pth."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.cfg = cfg
-        cond = cfg.condition
-        self.conditioning_encoder = ConformerEncoder(cond, MEL_BINS)
-        self.perceiver_encoder = PerceiverResampler(cfg.model_dim, cond.output_size, cond.num_latents,
-                                                    cond.attention_heads, cond.perceiver_mult)
-
-    PREFIXES = ("conditioning_encoder.", "perceiver_encoder.")
-
-    def post_load(self) -> None:
-        self.requires_grad_(False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.perceiver_encoder.latents.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.perceiver_encoder.latents.dtype
-
-    get_conditioning = UnifiedVoice.get_conditioning
