@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import gpu_memory_mib
+from common import gpu_memory_mib, write_json
 
-LEVELS = (1, 8, 32, 64, 256)
+LEVELS = (1, 4, 8, 16, 32, 64, 256)   # issue 5 asks 1/8/32/64/256, issue 7 1/4/16/64/256
 
 
 def summarize(level: int, wall: float, per_request: list[tuple[float, float, int]]) -> dict:
@@ -37,7 +37,7 @@ def summarize(level: int, wall: float, per_request: list[tuple[float, float, int
             "time_to_first_code_s_median": statistics.median(ttft), "gpu_memory_mib": gpu_memory_mib()}
 
 
-async def run_levels(submit, levels, codes: int) -> list[dict]:
+async def run_levels(submit, levels, codes: int, on_row=lambda rows: None) -> list[dict]:
     """`submit()` is an async generator factory yielding the number of new codes per output."""
     async def one(start: float) -> tuple[float, float, int]:
         first = last = None
@@ -64,10 +64,11 @@ async def run_levels(submit, levels, codes: int) -> list[dict]:
         assert all(n == codes for _, _, n in per_request), "a request ended early"
         print(json.dumps(row), flush=True)
         results.append(row)
+        on_row(results)
     return results
 
 
-def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float) -> dict:
+def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, save=lambda run: None) -> dict:
     import torch
 
     from indextts.types import SamplingOptions
@@ -86,13 +87,14 @@ def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float) -
         async for chunk in engine.generate(cond, ids, options):
             yield 0 if chunk.final else len(chunk.codes)
 
-    async def main():
-        rows = await run_levels(submit, levels, codes)
-        engine.shutdown()       # on the loop that vLLM's output task runs on
-        return rows
+    run = {"engine": "indextts-vllm", "startup_s": startup, "levels": []}
 
-    rows = run_loop(main)
-    return {"engine": "indextts-vllm", "startup_s": startup, "levels": rows}
+    async def main():
+        run["levels"] = await run_levels(submit, levels, codes, lambda rows: save(dict(run, levels=rows)))
+        engine.shutdown()       # on the loop that vLLM's output task runs on
+
+    run_loop(main)
+    return run
 
 
 def run_loop(main):
@@ -104,7 +106,7 @@ def run_loop(main):
 
 
 def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
-          work_dir: str, v1_runner: bool = False) -> dict:
+          work_dir: str, v1_runner: bool = False, save=lambda run: None) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
@@ -133,14 +135,14 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
         async for out in llm.generate(prompt, params, f"stock-{next(counter)}"):
             yield len(out.outputs[0].token_ids)
 
-    async def main():
-        rows = await run_levels(submit, levels, codes)
-        llm.shutdown()
-        return rows
+    run = {"engine": "stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), "startup_s": startup, "levels": []}
 
-    rows = run_loop(main)
-    return {"engine": "stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), "startup_s": startup,
-            "levels": rows}
+    async def main():
+        run["levels"] = await run_levels(submit, levels, codes, lambda rows: save(dict(run, levels=rows)))
+        llm.shutdown()
+
+    run_loop(main)
+    return run
 
 
 def main() -> int:
@@ -151,7 +153,7 @@ def main() -> int:
     p.add_argument("--codes", type=int, default=500)
     p.add_argument("--text-tokens", type=int, default=60)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
-    p.add_argument("--work-dir", default="/tmp/bench-decode")
+    p.add_argument("--work-dir", default="/var/tmp/bench-decode")
     p.add_argument("--engine", choices=["both", "ours", "stock", "stock-v1"], default="both",
                    help="both = ours then stock, each in its own process; stock-v1 = stock GPT-2 on "
                         "vLLM's V1 model runner (the one embeddings prompts need)")
@@ -167,13 +169,16 @@ def main() -> int:
         results["device"] = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - informational only
         results["device"] = "unknown"
+    def save(run: dict) -> None:
+        write_json(args.out, dict(results, runs=[run]))
+
     if args.engine == "ours":
         results["runs"].append(ours(args.model_dir, args.levels, args.codes, args.text_tokens,
-                                    args.gpu_memory_utilization))
+                                    args.gpu_memory_utilization, save))
     elif args.engine in ("stock", "stock-v1"):
         results["runs"].append(stock(cfg.model_dim, cfg.layers, cfg.heads, args.levels, args.codes,
                                      32 + args.text_tokens + 2 + 1, args.gpu_memory_utilization, args.work_dir,
-                                     v1_runner=args.engine == "stock-v1"))
+                                     v1_runner=args.engine == "stock-v1", save=save))
     else:
         for engine in ("ours", "stock"):
             part = Path(args.work_dir) / f"decode-{engine}.json"
@@ -181,8 +186,7 @@ def main() -> int:
                 a for a in sys.argv[1:] if a not in ("--out", args.out, "--engine", "both")]
             subprocess.run(cmd, check=True)
             results["runs"] += json.loads(part.read_text())["runs"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -10,8 +10,8 @@
         --segment-codes 20 --out /tmp/e2e.json
 
 Random weights rarely emit the stop code, so every segment is forced to `--segment-codes` codes
-(234 codes = 9.98 s of audio at 23.4375 codes/s). Each request speaks `--segments` sentences, one
-segment each, so streaming behaviour is visible. Per request we record the time to the first
+(4 segments of 59 codes = 10.07 s of audio at 23.4375 codes/s). Each request speaks `--segments`
+sentences, one segment each, so streaming behaviour is visible. Per request we record the time to the first
 audio (first segment vocoded), the total time and the real-time factor (total time / audio
 length); a stream is *real-time* when no chunk arrives later than the audio before it takes to
 play from the first chunk on. Per level: medians, p95s, the share of real-time streams, aggregate
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import gpu_memory_mib, percentile
+from common import gpu_memory_mib, percentile, write_json
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
@@ -79,11 +79,12 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--engine", choices=["torch", "vllm"], default="vllm")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--segments", type=int, default=1, help="sentences (segments) per request")
-    p.add_argument("--segment-codes", type=int, default=234, help="codes per segment (234 = 9.98 s)")
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64, 128, 256])
+    p.add_argument("--segments", type=int, default=4, help="sentences (segments) per request")
+    p.add_argument("--segment-codes", type=int, default=59,
+                   help="codes per segment (4 x 59 codes = 10.07 s per request)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.6)
-    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--max-num-seqs", type=int, default=512)
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -114,8 +115,7 @@ def main() -> int:
         row = tts.run(run_level(tts, level, text, voice, options, segment_tokens))
         print(json.dumps(row), flush=True)
         results["levels"].append(row)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
     tts.close()
     return 0
 

@@ -23,42 +23,64 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import percentile
-
-import httpx
+from common import percentile, write_json
 
 BYTES_PER_SECOND = 24000 * 2      # pcm: 24 kHz, 16-bit mono
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
-async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
+async def post_stream(host: str, port: int, path: str, body: dict):
+    """POST `body` as JSON over HTTP/1.1 and yield the response body's chunks as they arrive
+    (stdlib only: the GPU machine's bundle has no HTTP client library)."""
+    payload = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+        await writer.drain()
+        status = (await reader.readline()).decode()
+        headers = {}
+        while (line := (await reader.readline()).decode().strip()):
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        if " 200 " not in status:
+            raise RuntimeError(f"{status.strip()}: {(await reader.read())[:500]!r}")
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while (size := int((await reader.readline()).split(b";")[0], 16)):
+                yield await reader.readexactly(size)
+                await reader.readline()
+        else:
+            while (data := await reader.read(65536)):
+                yield data
+    finally:
+        writer.close()
+
+
+async def one(url: tuple[str, int, str], body: dict) -> dict:
     start = time.perf_counter()
     first = None
     received = 0
     late = False
-    async with client.stream("POST", url, json=body) as response:
-        response.raise_for_status()
-        async for data in response.aiter_bytes():
-            now = time.perf_counter() - start
-            if first is None:
-                first = now
-            elif now - first > received / BYTES_PER_SECOND + 1e-3:
-                late = True
-            received += len(data)
+    async for data in post_stream(*url, body):
+        now = time.perf_counter() - start
+        if first is None:
+            first = now
+        elif now - first > received / BYTES_PER_SECOND + 1e-3:
+            late = True
+        received += len(data)
     total = time.perf_counter() - start
     audio = received / BYTES_PER_SECOND
     return {"ttfa_s": first, "total_s": total, "audio_s": audio, "real_time": not late}
 
 
-async def level_run(url: str, body: dict, level: int) -> dict:
-    limits = httpx.Limits(max_connections=level + 4, max_keepalive_connections=level + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        start = time.perf_counter()
-        rows = await asyncio.gather(*(one(client, url, body) for _ in range(level)))
-        wall = time.perf_counter() - start
+async def level_run(url: tuple[str, int, str], body: dict, level: int) -> dict:
+    start = time.perf_counter()
+    rows = await asyncio.gather(*(one(url, body) for _ in range(level)))
+    wall = time.perf_counter() - start
     return {"concurrency": level, "wall_s": wall,
             "ttfa_median_s": statistics.median(r["ttfa_s"] for r in rows),
             "ttfa_p95_s": percentile([r["ttfa_s"] for r in rows], 0.95),
+            "rtf_median": statistics.median(r["total_s"] / r["audio_s"] for r in rows),
             "real_time_share": sum(r["real_time"] for r in rows) / level,
             "audio_s_per_request": rows[0]["audio_s"],
             "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall}
@@ -71,8 +93,8 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--gpt-engine", choices=["vllm", "torch"], default="vllm")
     p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--segments", type=int, default=3)
-    p.add_argument("--segment-codes", type=int, default=117, help="codes per segment (117 = 4.99 s)")
+    p.add_argument("--segments", type=int, default=4)
+    p.add_argument("--segment-codes", type=int, default=59, help="codes per segment (4 x 59 = 10.07 s)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--out", required=True)
@@ -94,7 +116,7 @@ def main() -> int:
     started = time.perf_counter()
     serve.run(build_app(app_args), name="bench", route_prefix="/")
     startup = time.perf_counter() - started
-    url = f"http://127.0.0.1:{args.port}/v1/audio/speech"
+    url = ("127.0.0.1", args.port, "/v1/audio/speech")
     from indextts.text import TextFrontend
     sentence_tokens = len(TextFrontend.from_model_dir(args.model_dir).process(SENTENCE).ids)
     body = {"model": "tts-1", "voice": "bench", "input": " ".join([SENTENCE] * args.segments),
@@ -106,8 +128,7 @@ def main() -> int:
         row = asyncio.run(level_run(url, body, level))
         print(json.dumps(row), flush=True)
         results["levels"].append(row)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
     serve.shutdown()
     ray.shutdown()
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 CODES_PER_SECOND = 23.4375     # one code is 1024 samples at 24 kHz
 
@@ -20,3 +22,12 @@ def gpu_memory_mib() -> float | None:
         return float(out.split()[0])
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return None
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """(Re)write a results file; scripts call it after every level so a cut-off run keeps its rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

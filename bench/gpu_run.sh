@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One benchmark phase per call on the GPU machine (each fits the 10-minute call limit):
+#   bash bench/gpu_run.sh decode-ours|decode-stock|decode-stock-v1|e2e|baseline|parity|http
+# Results and full logs go to $OUT (default bench/results/raw); the committed copies live in
+# bench/results/ and `python bench/report.py` turns them into the table and plots.
+set -o pipefail
+phase=$1
+OUT=${OUT:-bench/results/raw}
+mkdir -p "$OUT"
+started=$(date +%s)
+source bench/gpu_setup.sh
+echo "setup took $(( $(date +%s) - started )) s" | tee -a "$OUT/$phase.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
+CKPT=/var/tmp/ckpt-1.5
+run() { echo "+ $*" | tee -a "$OUT/$phase.log"; "$@" 2>&1 | tee -a "$OUT/$phase.log" | grep -E '^\{|Error|error|Traceback' ; }
+case $phase in
+  decode-ours)     run python3 bench/bench_decode.py --engine ours --model-dir $CKPT --out "$OUT/decode_ours.json" ;;
+  decode-stock)    run python3 bench/bench_decode.py --engine stock --model-dir $CKPT --out "$OUT/decode_stock.json" ;;
+  decode-stock-v1) run python3 bench/bench_decode.py --engine stock-v1 --model-dir $CKPT --out "$OUT/decode_stock_v1.json" ;;
+  e2e)             run python3 bench/bench_e2e.py --engine vllm --dtype bfloat16 --model-dir $CKPT --out "$OUT/e2e_vllm.json" ;;
+  baseline)        run python3 bench/bench_e2e.py --engine torch --dtype float16 --levels 1 --model-dir $CKPT --out "$OUT/e2e_baseline.json" ;;
+  parity)          run python3 bench/gpu_parity.py --model-dir $CKPT --out "$OUT/gpu_parity.json" ;;
+  http)            run python3 bench/bench_http.py --model-dir $CKPT --out "$OUT/http.json" ;;
+  *) echo "unknown phase $phase"; exit 2 ;;
+esac
+echo "phase $phase took $(( $(date +%s) - started )) s" | tee -a "$OUT/$phase.log"

@@ -1,0 +1,247 @@
+"""Tables and plots from the committed GPU results (runs anywhere; needs matplotlib).
+
+    python bench/report.py            # reads bench/results/*.json, writes bench/results/results.md + *.png
+
+Every number in the Markdown comes from the JSON files next to it (written by bench_decode.py,
+bench_e2e.py, bench_http.py and gpu_parity.py on the GPU machine); targets are checked here, so a
+missed target reads as missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CODES_PER_SECOND = 23.4375
+
+# Targets for one H100, IndexTTS-1.5 size (issue "GPU benchmarks") and the published figures of
+# the single-process vLLM port on an RTX 4090.
+TARGET_DECODE_C1 = 1000.0
+TARGET_RTF = 0.03
+TARGET_TTFA_S = 0.150
+TARGET_STREAMS = 300
+TARGET_BASELINE_RATIO = 10.0
+PUBLISHED = {"rtf": 0.1, "tokens_per_s_per_request": 280.0, "concurrency": 16}
+REAL_TIME_P95 = 0.95   # a level "holds" when at least 95% of its streams stay real-time
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(value, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def decode_runs() -> dict[str, dict]:
+    runs = {}
+    for name in ("decode_ours.json", "decode_stock.json", "decode_stock_v1.json"):
+        data = load(name)
+        for run in (data or {}).get("runs", []):
+            runs[run["engine"]] = dict(run, meta=data)
+    return runs
+
+
+def decode_table(runs: dict[str, dict]) -> list[str]:
+    ours, stock = runs.get("indextts-vllm"), runs.get("stock-vllm-gpt2")
+    v1 = runs.get("stock-vllm-gpt2-v1-runner")
+    if not ours:
+        return ["No decode results yet."]
+    by_level = lambda run: {r["concurrency"]: r for r in (run or {}).get("levels", [])}
+    o, s, s1 = by_level(ours), by_level(stock), by_level(v1)
+    lines = ["| concurrent | ours per request | ours aggregate | stock GPT-2 per request | stock aggregate "
+             "| ours / stock (aggregate) | stock on V1 runner, aggregate | GPU memory (ours) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for level in sorted(o):
+        row, ref, ref1 = o[level], s.get(level), s1.get(level)
+        ratio = row["aggregate_tokens_per_s"] / ref["aggregate_tokens_per_s"] if ref else None
+        lines.append(f"| {level} | {fmt(row['per_request_tokens_per_s_median'])} | "
+                     f"{fmt(row['aggregate_tokens_per_s'])} | "
+                     f"{fmt(ref and ref['per_request_tokens_per_s_median'])} | "
+                     f"{fmt(ref and ref['aggregate_tokens_per_s'])} | {fmt(ratio, 2)} | "
+                     f"{fmt(ref1 and ref1['aggregate_tokens_per_s'])} | {fmt(row['gpu_memory_mib'])} MiB |")
+    lines.append("")
+    lines.append(f"Tokens per second (one token = one mel code = 1/{CODES_PER_SECOND} s of audio), "
+                 f"{ours['meta']['codes_per_request']} codes per request, median over requests for "
+                 "'per request'. Start-up: ours " + fmt(ours["startup_s"], 0) + " s" +
+                 (f", stock {fmt(stock['startup_s'], 0)} s." if stock else "."))
+    return lines
+
+
+def e2e_table(e2e: dict | None, baseline: dict | None) -> list[str]:
+    if not e2e:
+        return ["No end-to-end results yet."]
+    lines = ["| engine | concurrent | RTF median | RTF p95 | TTFA median | TTFA p95 | real-time streams "
+             "| audio s per wall s | GPU memory |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, data in (("ours (vLLM, bf16)", e2e), ("baseline (PyTorch, batch 1, fp16)", baseline)):
+        for r in (data or {}).get("levels", []):
+            lines.append(f"| {name} | {r['concurrency']} | {fmt(r['rtf_median'], 4)} | {fmt(r['rtf_p95'], 4)} | "
+                         f"{fmt(1e3 * r['ttfa_median_s'])} ms | {fmt(1e3 * r['ttfa_p95_s'])} ms | "
+                         f"{fmt(100 * r['real_time_share'])}% | {fmt(r['audio_s_per_wall_s'], 1)} | "
+                         f"{fmt(r['gpu_memory_mib'])} MiB |")
+    lines.append("")
+    lines.append(f"Each request: {e2e['segments_per_request']} sentences x {e2e['codes_per_segment']} codes = "
+                 f"{fmt(e2e['segments_per_request'] * e2e['audio_s_per_segment'], 2)} s of audio, streamed "
+                 "per sentence. RTF = request time / audio length. TTFA = time to the first audio chunk.")
+    return lines
+
+
+def http_table(http: dict | None) -> list[str]:
+    if not http:
+        return ["No HTTP results yet."]
+    lines = ["| concurrent | TTFA median | TTFA p95 | RTF median | real-time streams | audio s per wall s |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in http["levels"]:
+        lines.append(f"| {r['concurrency']} | {fmt(1e3 * r['ttfa_median_s'])} ms | {fmt(1e3 * r['ttfa_p95_s'])} ms | "
+                     f"{fmt(r.get('rtf_median'), 4)} | {fmt(100 * r['real_time_share'])}% | "
+                     f"{fmt(r['audio_s_per_wall_s'], 1)} |")
+    return lines
+
+
+def max_real_time(levels: list[dict]) -> int | None:
+    held = [r["concurrency"] for r in levels if r["real_time_share"] >= REAL_TIME_P95]
+    return max(held) if held else None
+
+
+def targets(runs: dict, e2e: dict | None, baseline: dict | None, http: dict | None) -> list[str]:
+    rows = []
+
+    def add(what: str, target: str, value, ok) -> None:
+        rows.append(f"| {what} | {target} | {value} | {'met' if ok else ('missed' if ok is not None else 'not measured')} |")
+
+    ours = {r["concurrency"]: r for r in runs.get("indextts-vllm", {}).get("levels", [])}
+    stock = {r["concurrency"]: r for r in runs.get("stock-vllm-gpt2", {}).get("levels", [])}
+    c1 = ours.get(1, {}).get("per_request_tokens_per_s_median")
+    add("decode tokens/s, 1 request", f">= {TARGET_DECODE_C1:,.0f}", fmt(c1), None if c1 is None else c1 >= TARGET_DECODE_C1)
+    if stock:
+        worst = min((ours[c]["aggregate_tokens_per_s"] / stock[c]["aggregate_tokens_per_s"], c)
+                    for c in ours if c in stock)
+        add("decode vs stock vLLM GPT-2, every level", ">= 0.90", f"{worst[0]:.2f} (worst, at {worst[1]})",
+            worst[0] >= 0.9)
+    e = {r["concurrency"]: r for r in (e2e or {}).get("levels", [])}
+    rtf = e.get(1, {}).get("rtf_median")
+    add("RTF, 1 request", f"<= {TARGET_RTF}", fmt(rtf, 4), None if rtf is None else rtf <= TARGET_RTF)
+    h = {r["concurrency"]: r for r in (http or {}).get("levels", [])}
+    ttfa = h.get(1, {}).get("ttfa_median_s")
+    add("TTFA through HTTP, 1 request", f"<= {1e3 * TARGET_TTFA_S:.0f} ms", fmt(ttfa and 1e3 * ttfa) + " ms",
+        None if ttfa is None else ttfa <= TARGET_TTFA_S)
+    streams = max_real_time(e2e["levels"]) if e2e else None
+    add("concurrent real-time streams (p95)", f">= {TARGET_STREAMS}",
+        f"{streams} (largest level tried with >= 95% real-time)" if streams else "-",
+        None if streams is None else streams >= TARGET_STREAMS)
+    if e2e and baseline:
+        best = max(r["audio_s_per_wall_s"] for r in e2e["levels"])
+        base = baseline["levels"][0]["audio_s_per_wall_s"]
+        add("throughput vs baseline", f">= {TARGET_BASELINE_RATIO:.0f}x", f"{best / base:.1f}x "
+            f"({best:.0f} vs {base:.1f} audio s per wall s)", best / base >= TARGET_BASELINE_RATIO)
+    return ["| what | target | measured | |", "|---|---|---|---|"] + rows
+
+
+def published(runs: dict, e2e: dict | None) -> list[str]:
+    ours = {r["concurrency"]: r for r in runs.get("indextts-vllm", {}).get("levels", [])}
+    c1 = ours.get(1, {}).get("per_request_tokens_per_s_median")
+    e = {r["concurrency"]: r for r in (e2e or {}).get("levels", [])}
+    rtf = e.get(1, {}).get("rtf_median")
+    streams = max_real_time(e2e["levels"]) if e2e else None
+    return ["| | published (RTX 4090, single-process vLLM port) | ours (H100) | ratio |", "|---|---:|---:|---:|",
+            f"| RTF, 1 request | {PUBLISHED['rtf']} | {fmt(rtf, 4)} | "
+            f"{fmt(rtf and PUBLISHED['rtf'] / rtf, 1)}x |",
+            f"| decode tokens/s per request | {PUBLISHED['tokens_per_s_per_request']:.0f} | {fmt(c1)} | "
+            f"{fmt(c1 and c1 / PUBLISHED['tokens_per_s_per_request'], 2)}x |",
+            f"| concurrent requests | about {PUBLISHED['concurrency']} | {streams or '-'} real-time | "
+            f"{fmt(streams and streams / PUBLISHED['concurrency'], 0)}x |",
+            "", "Different GPUs: an H100 has about 3.3x the memory bandwidth of an RTX 4090, which bounds "
+            "batch-1 decoding; the ratios are not a like-for-like comparison of software."]
+
+
+def parity_table(parity: dict | None) -> list[str]:
+    if not parity:
+        return ["No parity results yet."]
+    lines = ["| text tokens | codes | leading codes equal | torch margin at first difference | latents max abs diff "
+             "| latents mean abs diff | latents relative L2 |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in parity["runs"]:
+        lines.append(f"| {r['text_tokens']} | {r['codes']} | {r['leading_codes_equal']} | "
+                     f"{fmt(r['torch_margin_at_first_difference'], 3)} | {r['latents_max_abs_diff']:.3g} | "
+                     f"{r['latents_mean_abs_diff']:.3g} | {r['latents_rel_l2']:.3g} |")
+    cost = parity.get("latent_pass_seconds_by_codes", {})
+    lines += ["", "Latent pass (one segment, in vLLM's worker): " +
+              ", ".join(f"{k} codes {1e3 * v:.1f} ms" for k, v in cost.items())]
+    return lines
+
+
+def plots(runs: dict, e2e: dict | None, http: dict | None) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if runs:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for engine, run in sorted(runs.items()):
+            xs = [r["concurrency"] for r in run["levels"]]
+            axes[0].plot(xs, [r["aggregate_tokens_per_s"] for r in run["levels"]], marker="o", label=engine)
+            axes[1].plot(xs, [r["per_request_tokens_per_s_median"] for r in run["levels"]], marker="o", label=engine)
+        for ax, title in zip(axes, ("aggregate decode tokens/s", "per-request decode tokens/s (median)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrent requests")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "decode.png", dpi=110)
+        written.append("decode.png")
+    if e2e:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        xs = [r["concurrency"] for r in e2e["levels"]]
+        axes[0].plot(xs, [r["rtf_median"] for r in e2e["levels"]], marker="o", label="RTF median")
+        axes[0].plot(xs, [r["rtf_p95"] for r in e2e["levels"]], marker="o", label="RTF p95")
+        axes[0].axhline(1.0, color="grey", lw=0.8)
+        axes[1].plot(xs, [1e3 * r["ttfa_median_s"] for r in e2e["levels"]], marker="o", label="in process, median")
+        axes[1].plot(xs, [1e3 * r["ttfa_p95_s"] for r in e2e["levels"]], marker="o", label="in process, p95")
+        if http:
+            hx = [r["concurrency"] for r in http["levels"]]
+            axes[1].plot(hx, [1e3 * r["ttfa_median_s"] for r in http["levels"]], marker="s", label="HTTP, median")
+            axes[1].plot(hx, [1e3 * r["ttfa_p95_s"] for r in http["levels"]], marker="s", label="HTTP, p95")
+        for ax, title in zip(axes, ("end-to-end real-time factor", "time to first audio (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("concurrent requests")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "e2e.png", dpi=110)
+        written.append("e2e.png")
+    return written
+
+
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    runs = decode_runs()
+    e2e, baseline, http = load("e2e_vllm.json"), load("e2e_baseline.json"), load("http.json")
+    parity = load("gpu_parity.json")
+    images = plots(runs, e2e, http)
+    gpu = next((r["meta"].get("device") for r in runs.values()), None) or (e2e or {}).get("gpu", "unknown GPU")
+    doc = ["# Benchmark results", "",
+           f"Generated by `python bench/report.py` from the JSON files in this folder. GPU: {gpu}; "
+           "model: IndexTTS-1.5 size with random weights (`indextts random-checkpoint`), bfloat16.", "",
+           "## Targets", ""] + targets(runs, e2e, baseline, http) + [
+           "", "## GPT decode: ours vs stock vLLM GPT-2 of the same size", ""] + decode_table(runs) + [
+           "", "## End to end (in process: frontend, conditioning, GPT, latents, vocoder)", ""] + e2e_table(e2e, baseline) + [
+           "", "## Through the HTTP API (Ray Serve, streaming pcm)", ""] + http_table(http) + [
+           "", "## Against the published figures", ""] + published(runs, e2e) + [
+           "", "## vLLM engine vs PyTorch engine (bf16, greedy)", ""] + parity_table(parity) + [""]
+    doc += [f"![{name}]({name})" for name in images]
+    (RESULTS / "results.md").write_text("\n".join(doc) + "\n")
+    print((RESULTS / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
