@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -179,6 +180,11 @@ class VLLMEngine:
             logger.warning("vLLM %s is untested with IndexTTS (tested: %s)", vllm.__version__,
                            ", ".join(TESTED_VLLM_VERSIONS))
         register()   # the entry point does this in vLLM's own processes; here it costs nothing
+        if torch.cuda.is_available():
+            # Any CUDA query in this process (even `torch.cuda.is_available()`, which poisons fork
+            # in torch without marking CUDA initialised, so vLLM's own check misses it) makes a
+            # forked engine core fail with "Cannot re-initialize CUDA in forked subprocess".
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         info = CheckpointInfo.from_dir(model_dir, require_weights=False)
         prompts = PromptBuilder.from_checkpoint(info)
         args = engine_args(info.model_dir, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
