@@ -1,0 +1,85 @@
+"""BigVGAN vocoder speed on its own: latents -> waveform, per dtype, length and batch (GPU).
+
+    python bench/bench_vocoder.py --model-dir /var/tmp/ckpt-1.5 --out bench/results/vocoder.json
+
+Reports, per case, the GPU time of one call (CUDA-synchronised, median of `--repeats`), the
+host time to launch it (unsynchronised: when it is close to the GPU time the call is
+launch-bound), and audio seconds per second. `--profile` adds torch.profiler's top kernels for one
+59-code call in the first dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from common import write_json
+
+HOP = 1024
+SAMPLE_RATE = 24000
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16", "float32"])
+    p.add_argument("--codes", type=int, nargs="+", default=[59, 234])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--device", default="cuda")
+    args = p.parse_args()
+
+    import torch
+
+    from indextts.checkpoint import CheckpointInfo, load_vocoder
+
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    info = CheckpointInfo.from_dir(args.model_dir)
+    results = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "cases": []}
+    for name in args.dtypes:
+        dtype = getattr(torch, name)
+        model = load_vocoder(info, args.device, dtype)
+        spk = torch.randn(1, 1, model.cfg.speaker_embedding_dim, device=args.device, dtype=dtype)
+        for n in args.codes:
+            for b in args.batches:
+                lat = torch.randn(b, n, info.config.gpt.model_dim, device=args.device, dtype=dtype)
+                with torch.no_grad():
+                    for _ in range(2):
+                        model(lat, spk)
+                    sync()
+                    gpu, host = [], []
+                    for _ in range(args.repeats):
+                        t0 = time.perf_counter()
+                        model(lat, spk)
+                        t1 = time.perf_counter()
+                        sync()
+                        gpu.append(time.perf_counter() - t0)
+                        host.append(t1 - t0)
+                g = statistics.median(gpu)
+                row = {"dtype": name, "codes": n, "batch": b, "call_s": g, "launch_s": statistics.median(host),
+                       "audio_s_per_s": b * n * HOP / SAMPLE_RATE / g}
+                print(row, flush=True)
+                results["cases"].append(row)
+                write_json(args.out, results)
+        if args.profile and name == args.dtypes[0]:
+            from torch.profiler import ProfilerActivity, profile
+            lat = torch.randn(1, 59, info.config.gpt.model_dim, device=args.device, dtype=dtype)
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                model(lat, spk)
+                sync()
+            table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=20)
+            print(table)
+            results["profile_59_codes"] = table
+            write_json(args.out, results)
+        del model
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
