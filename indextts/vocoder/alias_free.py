@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from indextts.vocoder import fused
+
 # The official checkpoints use ratio 2 and 12-tap filters for both resamplers.
 RATIO = 2
 KERNEL_SIZE = 12
@@ -121,4 +123,7 @@ class AntiAliasedSnakeBeta(nn.Module):
         self.downsample = DownSample2x()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.available(x):   # one Triton kernel on CUDA, same arithmetic (indextts.vocoder.fused)
+            return fused.anti_aliased_snake(x, self.upsample.filter, self.downsample.lowpass.filter,
+                                            self.act.alpha, self.act.beta)
         return self.downsample(self.act(self.upsample(x)))
