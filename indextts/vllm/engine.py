@@ -27,9 +27,9 @@ requests, read from its scheduler statistics through a stat logger (vLLM's docum
 
 Call `warm_up()` once after `create()`, before traffic (see its docstring). Measured on an H100
 with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, default sampling,
-500 codes per request, after warm-up): start-up 77-126 s, warm-up 12-18 s; about 270-340
-codes/s for 1 request, 2000 for 8, 4900-5600 for 32, 6100-8100 for 128 concurrent requests,
-before latents (their cost: `indextts/vllm/worker.py`).
+500 codes per request; docs/benchmarks.md): start-up 77-126 s; 325 codes/s for 1 request, 2,170
+in all for 8, 7,170 for 32, 9,590 for 64 concurrent requests (latent passes included), against
+434 / 3,400 / 12,100 / 19,100 for stock vLLM running a GPT-2 of the same size.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 TESTED_VLLM_VERSIONS = ("0.26.0", "0.27.1")
 MAX_TEMPERATURE = 2.0      # vLLM's SamplingParams rejects hotter sampling (0.26.0 and 0.27.1)
 LATENT_BATCH = 32          # segments per latent round trip to the worker
+WARM_UP_BATCHES = (1, 2, 4, 8, 16, 32, 64)   # sampled batch sizes run once by warm_up()
 
 
 @dataclass
@@ -312,7 +313,9 @@ class VLLMEngine:
         first use is compiled before real traffic: the first step that sampled 8 requests at
         once took about 17 s extra on an H100 with vLLM 0.26.0 (vLLM logs a Triton JIT
         compilation of its top-k/top-p kernel), a one-off that looked like "8 concurrent
-        sequences are slow" in benchmarks."""
+        sequences are slow" in benchmarks. A later run warmed at 1, 8 and 32 only and then
+        saw the same dip at 4 concurrent (stock vLLM too), so every power of two up to 64 is
+        warmed."""
         cond = torch.zeros(1, self.config.condition.num_latents, self.config.model_dim)
         ids = [self.config.stop_text_token + 1] * 8
         options = SamplingOptions(max_codes=4, ignore_stop=True, seed=0)
@@ -321,7 +324,7 @@ class VLLMEngine:
             async for _ in self.generate(cond, ids, options):
                 pass
         most = self._llm.vllm_config.scheduler_config.max_num_seqs
-        for n in sorted({1, min(8, most), min(32, most)}):
+        for n in sorted({min(n, most) for n in WARM_UP_BATCHES}):
             await asyncio.gather(*(one() for _ in range(n)))
 
     # -- state --------------------------------------------------------------------------------
