@@ -34,6 +34,8 @@ def test_library_does_not_print_or_set_the_environment_at_import():
     offenders = []
     for p in LIBRARY.rglob("*.py"):
         for node in ast.parse(p.read_text(encoding="utf-8")).body:   # module level: import time
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue     # bodies run when called, not at import
             if _sets_environ(node):
                 offenders.append(f"{p.name}: sets os.environ")
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and \
