@@ -6,7 +6,9 @@ Each level launches `c` concurrent requests of exactly `--codes` codes (random w
 emit the stop code, so the stop is ignored: 500 codes = 21.3 s of audio) with the original's
 sampling defaults (top-k 30, top-p 0.8, temperature 1, repetition penalty 10). Per-request
 decode rate is (codes - 1) / (time of last code - time of first code); the aggregate rate is
-all codes over the wall time of the level. Both engines run in their own top-level process
+all codes over the wall time of the level (for our engine that includes the latent pass after the
+last code, which stock vLLM has no equivalent of), and `aggregate_decode_tokens_per_s` all codes
+over the time to the level's last code. Both engines run in their own top-level process
 (`--engine ours|stock`), one after the other, so each gets the same GPU memory share and vLLM's
 own subprocesses start from a plain `__main__`. GPU memory is read with nvidia-smi.
 """
@@ -31,7 +33,9 @@ def summarize(level: int, wall: float, per_request: list[tuple[float, float, int
     rates = [(n - 1) / (last - first) for first, last, n in per_request if n > 1 and last > first]
     ttft = [first for first, _, _ in per_request]
     total = sum(n for _, _, n in per_request)
+    decode_wall = max(last for _, last, _ in per_request)    # last code of the level (latents not included)
     return {"concurrency": level, "wall_s": wall, "codes": total, "aggregate_tokens_per_s": total / wall,
+            "decode_wall_s": decode_wall, "aggregate_decode_tokens_per_s": total / decode_wall if decode_wall else None,
             "per_request_tokens_per_s_median": statistics.median(rates) if rates else None,
             "per_request_tokens_per_s_min": min(rates) if rates else None,
             "time_to_first_code_s_median": statistics.median(ttft), "gpu_memory_mib": gpu_memory_mib()}

@@ -79,7 +79,8 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--engine", choices=["torch", "vllm"], default="vllm")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64, 128, 256])
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16, 24, 32, 64, 256],
+                   help="concurrency levels; the steps between 8 and 32 locate the real-time limit")
     p.add_argument("--segments", type=int, default=4, help="sentences (segments) per request")
     p.add_argument("--segment-codes", type=int, default=59,
                    help="codes per segment (4 x 59 codes = 10.07 s per request)")

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import percentile, write_json
+from common import gpu_memory_mib, percentile, write_json
 
 BYTES_PER_SECOND = 24000 * 2      # pcm: 24 kHz, 16-bit mono
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -83,7 +83,7 @@ async def level_run(url: tuple[str, int, str], body: dict, level: int) -> dict:
             "rtf_median": statistics.median(r["total_s"] / r["audio_s"] for r in rows),
             "real_time_share": sum(r["real_time"] for r in rows) / level,
             "audio_s_per_request": rows[0]["audio_s"],
-            "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall}
+            "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall, "gpu_memory_mib": gpu_memory_mib()}
 
 
 def main() -> int:
