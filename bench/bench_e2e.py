@@ -11,7 +11,9 @@
 
 Random weights rarely emit the stop code, so every segment is forced to `--segment-codes` codes
 (4 segments of 59 codes = 10.07 s of audio at 23.4375 codes/s). Each request speaks `--segments`
-sentences, one segment each, so streaming behaviour is visible. Per request we record the time to the first
+sentences, one segment each, so streaming behaviour is visible; requests cycle through five
+segment lengths within +-20% of that (`--length-jitter`), since equal lengths would let the
+vocoder batch more than real traffic does (the committed run before this option used equal lengths). Per request we record the time to the first
 audio (first segment vocoded), the total time and the real-time factor (total time / audio
 length); a stream is *real-time* when no chunk arrives later than the audio before it takes to
 play from the first chunk on. Per level: medians, p95s, the share of real-time streams, aggregate
@@ -57,7 +59,8 @@ async def one_request(tts, text: str, voice, options, max_tokens: int) -> dict:
 
 async def run_level(tts, level: int, text: str, voice, options, max_tokens: int) -> dict:
     start = time.perf_counter()
-    rows = await asyncio.gather(*(one_request(tts, text, voice, options, max_tokens) for _ in range(level)))
+    rows = await asyncio.gather(*(one_request(tts, text, voice, options[i % len(options)], max_tokens)
+                                  for i in range(level)))
     wall = time.perf_counter() - start
     return {
         "concurrency": level, "wall_s": wall,
@@ -86,6 +89,10 @@ def main() -> int:
                    help="codes per segment (4 x 59 codes = 10.07 s per request)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.6)
     p.add_argument("--max-num-seqs", type=int, default=512)
+    p.add_argument("--length-jitter", type=float, default=0.2,
+                   help="requests' segment lengths spread over +-this share of --segment-codes (0: all equal)")
+    p.add_argument("--mixed-length-batches", action="store_true",
+                   help="let the vocoder batch segments of different lengths (see VocoderEngineStage)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -100,14 +107,20 @@ def main() -> int:
     tts = IndexTTS.from_pretrained(args.model_dir, device=args.device, dtype=dtype, engine=args.engine,
                                    gpu_memory_utilization=args.gpu_memory_utilization, **extra)
     startup = time.perf_counter() - started
+    tts.vocoder.mixed_length_batches = args.mixed_length_batches
     voice = tts.voice(args.voice)
     text = " ".join([SENTENCE] * args.segments)
-    options = SamplingOptions(max_codes=args.segment_codes, ignore_stop=True, seed=0)
+    # Real segments differ in length, which decides how the vocoder can batch them: requests cycle
+    # through lengths spread evenly over +-jitter around --segment-codes (mean unchanged).
+    spread = [round(args.segment_codes * (1 + args.length_jitter * (2 * k / 4 - 1))) for k in range(5)]
+    options = [SamplingOptions(max_codes=n, ignore_stop=True, seed=0) for n in spread]
     max_tokens = tts.info.config.gpt.max_text_tokens
     segment_tokens = len(tts.frontend.process_sync(SENTENCE, max_tokens).ids)
     tts.run(run_level(tts, 2, text, voice, options, segment_tokens))    # warm-up (compiles, caches voice)
     results = {"engine": args.engine, "device": args.device, "dtype": str(tts.vocoder.dtype),
                "startup_s": startup, "segments_per_request": args.segments,
+               "vocoder_mixed_length_batches": args.mixed_length_batches,
+               "codes_per_segment_spread": spread,
                "codes_per_segment": args.segment_codes,
                "audio_s_per_segment": args.segment_codes * 1024 / 24000, "levels": []}
     if args.device.startswith("cuda"):

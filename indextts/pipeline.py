@@ -236,14 +236,28 @@ def check_segment_options(cfg, segment: Segment, options: SamplingOptions) -> No
 
 
 class VocoderEngineStage:
-    """`VocoderStage` on BigVGAN: speaker embedding per voice (cached) and latents -> audio."""
+    """`VocoderStage` on BigVGAN: speaker embedding per voice (cached) and latents -> audio.
+
+    Concurrent `vocode()` calls are batched: while one BigVGAN call runs, new segments queue and
+    go together in the next (at most `max_batch` per call). A BigVGAN call costs about the same
+    host time whatever its batch (~1,000 kernel launches), so batching is what lets concurrent
+    streams share the vocoder. Items of equal length are stacked (exact: a batched result equals
+    the unbatched one). With `mixed_length_batches`, items of different lengths share a call too,
+    right-padded with per-item lengths (`BigVGAN.forward(..., lengths)`): equal to the unbatched
+    result up to floating-point summation order (~1e-6), not bit for bit, hence opt-in."""
 
     def __init__(self, model, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64,
-                 max_workers: int = 4):
+                 max_workers: int = 2, max_batch: int = 32, mixed_length_batches: bool = False):
+        if max_batch < 1:
+            raise OptionsError(f"max_batch must be at least 1, got {max_batch}")
         self.model = model
         self.limits = limits
+        self.max_batch = max_batch
+        self.mixed_length_batches = mixed_length_batches
         self._voices = KeyedCache(cache_size)
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vocoder")
+        self._queue: list = []
+        self._drain: Optional[asyncio.Task] = None
 
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, device: torch.device, dtype: torch.dtype, **kw) -> "VocoderEngineStage":
@@ -267,26 +281,42 @@ class VocoderEngineStage:
         w = weights_or_uniform(voice.weights, len(embs)).to(self.device, torch.float32)
         return (torch.stack(embs).float() * w.view(-1, 1, 1, 1)).sum(0).to(self.dtype)
 
+    def _groups(self, latents: Sequence[torch.Tensor]) -> list[list[int]]:
+        """Indices of the non-empty items, grouped into BigVGAN calls of at most `max_batch`.
+        Equal lengths only, unless `mixed_length_batches`: then lengths sorted, and a call's
+        longest item at most 1.5x its shortest (+16 frames), which bounds the padding."""
+        order = sorted((i for i, lat in enumerate(latents) if lat.shape[0] > 0), key=lambda i: latents[i].shape[0])
+        groups: list[list[int]] = []
+        for i in order:
+            n = latents[i].shape[0]
+            if groups and len(groups[-1]) < self.max_batch:
+                first = latents[groups[-1][0]].shape[0]
+                if n == first or (self.mixed_length_batches and n <= 1.5 * first + 16):
+                    groups[-1].append(i)
+                    continue
+            groups.append([i])
+        return groups
+
     @torch.no_grad()
     def vocode_batch_sync(self, voices: Sequence[VoiceSpec], latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each `[n_i, D]` latents -> `[n_i * 1024]` float32 samples on the CPU.
-
-        Items of equal length run as one batch; lengths are never padded, so a batched result
-        equals the unbatched one."""
-        out: list[Optional[torch.Tensor]] = [None] * len(latents)
-        groups: dict[int, list[int]] = collections.defaultdict(list)
-        for i, lat in enumerate(latents):
-            groups[lat.shape[0]].append(i)
-        for n, idx in groups.items():
-            if n == 0:
-                for i in idx:
-                    out[i] = torch.zeros(0)
-                continue
-            lat = torch.stack([latents[i] for i in idx]).to(self.device, self.dtype)        # [B, n, D]
+        """Each `[n_i, D]` latents -> `[n_i * 1024]` float32 samples on the CPU (see the class
+        docstring for how items share calls)."""
+        out: list[torch.Tensor] = [torch.zeros(0)] * len(latents)
+        hop = self.model.hop_length
+        for idx in self._groups(latents):
+            lengths = [latents[i].shape[0] for i in idx]
             spk = torch.cat([self.speaker_embedding(voices[i]) for i in idx])               # [B, 1, S]
-            wav = self.model(lat, spk)[:, 0].float().cpu()                                   # [B, n * 1024]
+            if len(set(lengths)) == 1:
+                lat = torch.stack([latents[i] for i in idx]).to(self.device, self.dtype)   # [B, n, D]
+                wav = self.model(lat, spk)[:, 0]
+            else:
+                lat = torch.zeros(len(idx), max(lengths), latents[idx[0]].shape[1], device=self.device, dtype=self.dtype)
+                for row, i in enumerate(idx):
+                    lat[row, :lengths[row]] = latents[i].to(self.device, self.dtype)
+                wav = self.model(lat, spk, torch.tensor(lengths, device=self.device))[:, 0]
+            wav = wav.float().cpu()                                                          # [B, max_n * hop]
             for row, i in enumerate(idx):
-                out[i] = wav[row]
+                out[i] = wav[row, :lengths[row] * hop].clone() if len(set(lengths)) > 1 else wav[row]
         return out
 
     async def vocode_batch(self, voices: Sequence[VoiceSpec], latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -294,7 +324,29 @@ class VocoderEngineStage:
         return await loop.run_in_executor(self._executor, self.vocode_batch_sync, list(voices), list(latents))
 
     async def vocode(self, voice: VoiceSpec, latents: torch.Tensor) -> torch.Tensor:
-        return (await self.vocode_batch([voice], [latents]))[0]
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((voice, latents, done))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.ensure_future(self._drain_queue())
+        return await done
+
+    async def _drain_queue(self) -> None:
+        """Runs queued segments, all that are waiting at each turn (in `max_batch` calls)."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            batch = [item for item in batch if not item[2].done()]      # callers cancelled meanwhile
+            if not batch:
+                continue
+            try:
+                wavs = await self.vocode_batch([v for v, _, _ in batch], [x for _, x, _ in batch])
+            except Exception as e:     # every waiter of this batch gets the error
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            for (_, _, done), wav in zip(batch, wavs):
+                if not done.done():
+                    done.set_result(wav)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -49,6 +49,9 @@ class AppArgs(BaseModel):
                                                           "graph fits on a laptop's cores)")
     vocoder_max_batch_size: int = Field(8, ge=1, le=256)
     vocoder_batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
+    vocoder_mixed_length_batches: bool = Field(
+        False, description="batch segments of different lengths (right-padded, per-item lengths): "
+        "more batching under load, equal to unbatched output up to float rounding (~1e-6), not bit for bit")
     max_tokens_per_segment: int = Field(120, ge=1, le=600)
     bench_forced_codes: Optional[int] = Field(
         None, ge=1, le=2000, description="benchmarks on random-weight checkpoints only: every segment "
@@ -138,4 +141,6 @@ def make_vocoder_stage(args: AppArgs):
     device, dtype = _device_and_dtype(args)
     # BigVGAN in half precision on CPU is slow and no more exact: keep float32 there.
     dtype = dtype if device.type == "cuda" else torch.float32
-    return VocoderEngineStage.from_checkpoint(info, device, dtype, cache_size=args.voice_cache_size)
+    return VocoderEngineStage.from_checkpoint(info, device, dtype, cache_size=args.voice_cache_size,
+                                              max_batch=args.vocoder_max_batch_size,
+                                              mixed_length_batches=args.vocoder_mixed_length_batches)

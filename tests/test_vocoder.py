@@ -205,7 +205,19 @@ for C, T in [(3, 1), (4, 2), (5, 7), (8, 300), (2, 513)]:
         bad = m.downsample.lowpass.filter.clone()
         bad[0, 0, 3] += 1e-2
         perturbed = (fused.anti_aliased_snake(x, m.upsample.filter, bad, m.act.alpha, m.act.beta) - ref).abs().max().item()
-print(json.dumps({"eps_equal": SNAKE_EPS == fused.SNAKE_EPS, "errors": errors, "perturbed": perturbed}))
+# right-padded items with their own lengths: each as if alone, zeros past its end
+m = AntiAliasedSnakeBeta(4)
+with torch.no_grad():
+    m.act.alpha.normal_(0, 0.5)
+    m.act.beta.normal_(0, 0.5)
+lens = [1, 2, 7, 300, 513]
+x = torch.randn(len(lens), 4, max(lens))
+got = fused.anti_aliased_snake(x, m.upsample.filter, m.downsample.lowpass.filter, m.act.alpha, m.act.beta,
+                               torch.tensor(lens))
+padded = [[n, (got[b, :, :n] - m(x[b:b + 1, :, :n])[0]).abs().max().item(), got[b, :, n:].abs().sum().item()]
+          for b, n in enumerate(lens)]
+print(json.dumps({"eps_equal": SNAKE_EPS == fused.SNAKE_EPS, "errors": errors, "perturbed": perturbed,
+                  "padded": padded}))
 """
 
 
@@ -225,6 +237,40 @@ def test_fused_anti_aliased_snake_matches_the_modules():
         assert same_shape, (c, t)
         assert err < 1e-5 * max(1.0, scale), (c, t, err)
     assert result["perturbed"] > 1e-3
+    for n, err, tail in result["padded"]:
+        assert err < 1e-5 and tail == 0.0, (n, err, tail)
+
+
+def _padded_vs_single(model: BigVGAN, device: str = "cpu") -> list[float]:
+    torch.manual_seed(0)
+    lens = [7, 13, 20, 1, 2]
+    lat = [torch.randn(n, model.cfg.gpt_dim, device=device) for n in lens]
+    spk = torch.randn(len(lens), 1, model.cfg.speaker_embedding_dim, device=device)
+    x = torch.zeros(len(lens), max(lens), model.cfg.gpt_dim, device=device)
+    for i, item in enumerate(lat):
+        x[i, :len(item)] = item
+    with torch.inference_mode():
+        batched = model(x, spk, torch.tensor(lens, device=device))
+        return [_max_err(batched[i, 0, :n * model.hop_length], model(lat[i][None], spk[i:i + 1])[0, 0])
+                for i, n in enumerate(lens)]
+
+
+def test_padded_batch_with_lengths_equals_each_item_alone(vocoder):
+    errors = _padded_vs_single(vocoder)
+    assert max(errors) < 1e-5, errors
+
+
+def test_padded_batch_without_lengths_differs_at_the_tail(vocoder):
+    """The lengths are what makes padding harmless: without them the short items' ends change."""
+    torch.manual_seed(0)
+    a, b = torch.randn(5, vocoder.cfg.gpt_dim), torch.randn(9, vocoder.cfg.gpt_dim)
+    spk = torch.randn(1, 1, vocoder.cfg.speaker_embedding_dim)
+    x = torch.zeros(2, 9, vocoder.cfg.gpt_dim)
+    x[0, :5], x[1] = a, b
+    with torch.inference_mode():
+        alone = vocoder(a[None], spk)[0, 0]
+        unmasked = vocoder(x, spk)[0, 0, :5 * vocoder.hop_length]
+    assert _max_err(unmasked, alone) > 1e-3
 
 
 @pytest.mark.gpu
@@ -238,3 +284,9 @@ def test_waveform_matches_golden_on_cuda_with_the_fused_activation(tiny_info, ex
         spk = model.speaker_embedding(expected["ref_a.mel"].cuda())
         wav = model(expected[f"s{i}.ref_a.{p}.latents"].cuda(), spk).cpu()
     assert _max_err(wav.squeeze(1), expected[f"s{i}.ref_a.{p}.wav"]) < ATOL
+
+
+@pytest.mark.gpu
+def test_padded_batch_on_cuda_equals_each_item_alone(tiny_info):
+    errors = _padded_vs_single(load_vocoder(tiny_info, "cuda", torch.float32), "cuda")
+    assert max(errors) < 1e-4, errors

@@ -11,6 +11,7 @@ are computed here too so that a module built without a checkpoint is usable.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -122,8 +123,15 @@ class AntiAliasedSnakeBeta(nn.Module):
         self.upsample = UpSample2x()
         self.downsample = DownSample2x()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`lengths` ([B]) marks right-padded items: item b is `x[b, :, :lengths[b]]`, treated
+        exactly as if it were alone; its outputs past that length are 0."""
         if fused.available(x):   # one Triton kernel on CUDA, same arithmetic (indextts.vocoder.fused)
             return fused.anti_aliased_snake(x, self.upsample.filter, self.downsample.lowpass.filter,
-                                            self.act.alpha, self.act.beta)
-        return self.downsample(self.act(self.upsample(x)))
+                                            self.act.alpha, self.act.beta, lengths)
+        if lengths is None:
+            return self.downsample(self.act(self.upsample(x)))
+        out = torch.zeros_like(x)
+        for b, n in enumerate(lengths.tolist()):
+            out[b, :, :n] = self.downsample(self.act(self.upsample(x[b:b + 1, :, :n])))[0]
+        return out

@@ -13,6 +13,8 @@ reference's `remove_weight_norm()` does; `forward` never recomputes the norm aft
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,6 +80,14 @@ class WeightNormConv1d(nn.Module):
         return F.conv1d(x, weight, self.bias, self.stride, self.padding, self.dilation)
 
 
+def _zero_past(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """`x` [B, C, T] with item b's steps from `lengths[b]` on set to zero (no-op without lengths)."""
+    if lengths is None:
+        return x
+    keep = torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device)[:, None]   # [B, T]
+    return x.masked_fill(~keep[:, None, :], 0.0)
+
+
 def _same_padding(kernel_size: int, dilation: int) -> int:
     return (kernel_size * dilation - dilation) // 2
 
@@ -97,10 +107,11 @@ class AMPBlock(nn.Module):
         # Stored interleaved: activations[2i] precedes convs1[i], activations[2i+1] precedes convs2[i].
         self.activations = nn.ModuleList(AntiAliasedSnakeBeta(channels) for _ in range(2 * len(dilations)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # lengths: see BigVGAN.forward; every conv input is zero past each item's length.
         for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
-            xt = c1(self.activations[2 * i](x))
-            xt = c2(self.activations[2 * i + 1](xt))
+            xt = c1(_zero_past(self.activations[2 * i](x, lengths), lengths))
+            xt = c2(_zero_past(self.activations[2 * i + 1](xt, lengths), lengths))
             x = x + xt
         return x
 
@@ -169,20 +180,29 @@ class BigVGAN(nn.Module):
         """
         return self.speaker_encoder(mel)
 
-    def forward(self, latents: torch.Tensor, speaker_embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, speaker_embedding: torch.Tensor,
+                lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """latents: `[B, T, gpt_dim]` (GPT layout); speaker_embedding: `[B, 1, S]` (or `[1, 1, S]`,
-        broadcast over the batch). Returns the float waveform `[B, 1, T * hop_length]` in [-1, 1]."""
+        broadcast over the batch). Returns the float waveform `[B, 1, T * hop_length]` in [-1, 1].
+
+        `lengths` (`[B]` frame counts) batches items of different lengths, right-padded to T:
+        every convolution sees zeros past an item's end (as its own zero padding would give it
+        alone) and every activation replicates the item's own last sample, so item b's first
+        `lengths[b] * hop_length` samples are what it alone would give (up to floating-point
+        summation order); the rest is padding to drop."""
         spk = speaker_embedding.transpose(1, 2)  # [B, S, 1], broadcasts over time
-        x = self.conv_pre(latents.transpose(1, 2))  # [B, C0, T]
+        x = self.conv_pre(_zero_past(latents.transpose(1, 2), lengths))  # [B, C0, T]
         x = x + self.cond_layer(spk)
         for i, (up,) in enumerate(self.ups):
-            x = up(x)  # [B, C_i, T * prod(rates[:i+1])]
+            x = up(_zero_past(x, lengths))  # [B, C_i, T * prod(rates[:i+1])]
+            if lengths is not None:
+                lengths = lengths * self.cfg.upsample_rates[i]
             if self.conds is not None:
                 x = x + self.conds[i](spk)
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            xs = blocks[0](x)
+            xs = blocks[0](x, lengths)
             for block in blocks[1:]:
-                xs = xs + block(x)
+                xs = xs + block(x, lengths)
             x = xs / self.num_kernels
-        x = self.conv_post(self.activation_post(x))  # [B, 1, T * hop]
+        x = self.conv_post(_zero_past(self.activation_post(x, lengths), lengths))  # [B, 1, T * hop]
         return torch.tanh(x)

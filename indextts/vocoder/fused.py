@@ -43,23 +43,27 @@ def available(x: torch.Tensor) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _aa_snake_kernel(x_ptr, out_ptr, up_ptr, down_ptr, alpha_ptr, beta_ptr, C, T,
-                         eps, BLOCK_T: tl.constexpr):
+    def _aa_snake_kernel(x_ptr, out_ptr, up_ptr, down_ptr, alpha_ptr, beta_ptr, len_ptr, C, T,
+                         eps, HAS_LENGTHS: tl.constexpr, BLOCK_T: tl.constexpr):
         row = tl.program_id(0)                 # b * C + c
         t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-        mask = t < T
         c = row % C
+        if HAS_LENGTHS:                        # this item's valid length: its edges replicate there
+            n = tl.load(len_ptr + row // C)
+        else:
+            n = T
+        mask = t < n
         alpha = tl.exp(tl.load(alpha_ptr + c).to(tl.float32))
         inv_beta = 1.0 / (tl.exp(tl.load(beta_ptr + c).to(tl.float32)) + eps)
         base = x_ptr + row.to(tl.int64) * T
         acc = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for j in tl.static_range(12):
-            m = tl.minimum(tl.maximum(2 * t + (j - 5), 0), 2 * T - 1)
+            m = tl.minimum(tl.maximum(2 * t + (j - 5), 0), 2 * n - 1)
             parity = (m + 15) % 2
             u = tl.zeros((BLOCK_T,), dtype=tl.float32)
             for q in tl.static_range(6):
                 k = parity + 2 * q
-                i = tl.minimum(tl.maximum((m + 15 - k) // 2 - 5, 0), T - 1)
+                i = tl.minimum(tl.maximum((m + 15 - k) // 2 - 5, 0), n - 1)
                 xv = tl.load(base + i, mask=mask, other=0.0).to(tl.float32)
                 fk = tl.load(up_ptr + k).to(tl.float32)
                 u += fk * xv
@@ -67,18 +71,24 @@ if triton is not None:
             s = tl.sin(u * alpha)
             v = u + inv_beta * s * s
             acc += tl.load(down_ptr + j).to(tl.float32) * v
-        tl.store(out_ptr + row.to(tl.int64) * T + t, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + row.to(tl.int64) * T + t, acc.to(out_ptr.dtype.element_ty), mask=t < T)
 
 
 def anti_aliased_snake(x: torch.Tensor, up_filter: torch.Tensor, down_filter: torch.Tensor,
-                       log_alpha: torch.Tensor, log_beta: torch.Tensor) -> torch.Tensor:
-    """x: [B, C, T] -> [B, C, T], same dtype; filters are the modules' [1, 1, 12] buffers."""
+                       log_alpha: torch.Tensor, log_beta: torch.Tensor,
+                       lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [B, C, T] -> [B, C, T], same dtype; filters are the modules' [1, 1, 12] buffers.
+
+    `lengths` ([B] ints, each in [1, T]): item b is treated as `x[b, :, :lengths[b]]` alone (its
+    replicate padding at its own end); its outputs past that length are 0 (don't use them)."""
     if triton is None:
         raise RuntimeError("the fused anti-aliased SnakeBeta needs Triton")
     x = x.contiguous()
     b, c, t = x.shape
     out = torch.empty_like(x)
     grid = (b * c, triton.cdiv(t, BLOCK))
+    lens = lengths.to(device=x.device, dtype=torch.int32).contiguous() if lengths is not None else out
     _aa_snake_kernel[grid](x, out, up_filter.reshape(-1).contiguous(), down_filter.reshape(-1).contiguous(),
-                           log_alpha.contiguous(), log_beta.contiguous(), c, t, SNAKE_EPS, BLOCK_T=BLOCK)
+                           log_alpha.contiguous(), log_beta.contiguous(), lens, c, t, SNAKE_EPS,
+                           HAS_LENGTHS=lengths is not None, BLOCK_T=BLOCK)
     return out
