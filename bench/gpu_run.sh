@@ -12,6 +12,9 @@ source bench/gpu_setup.sh
 echo "setup took $(( $(date +%s) - started )) s" | tee -a "$OUT/$phase.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv"
 CKPT=/var/tmp/ckpt-1.5
+# The GPU machine cannot build the text grammars (no pynini): carry this checkout's .cache
+# (`carry: [".cache"]`, a copy of ~/.cache/indextts/text-grammars) for the phases that use text.
+if [ -z "${INDEXTTS_CACHE_DIR:-}" ] && [ -d .cache/text-grammars ]; then export INDEXTTS_CACHE_DIR=$PWD/.cache; fi
 run() { echo "+ $*" | tee -a "$OUT/$phase.log"; "$@" 2>&1 | tee -a "$OUT/$phase.log" | grep -E '^\{|Error|error|Traceback' ; }
 case $phase in
   decode-ours)     run python3 bench/bench_decode.py --engine ours --model-dir $CKPT --out "$OUT/decode_ours.json" ;;

@@ -17,7 +17,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 CODES_PER_SECOND = 23.4375
 
-# Targets for one H100, IndexTTS-1.5 size (issue "GPU benchmarks") and the published figures of
+# Targets for one H100, IndexTTS-1.5 size, and the published figures of
 # the single-process vLLM port on an RTX 4090.
 TARGET_DECODE_C1 = 1000.0
 TARGET_RTF = 0.03
