@@ -72,15 +72,16 @@ async def run_levels(submit, levels, codes: int, on_row=lambda rows: None) -> li
     return results
 
 
-def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, save=lambda run: None) -> dict:
+def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, save=lambda run: None,
+         engine_args: dict | None = None) -> dict:
     import torch
 
     from indextts.types import SamplingOptions
     from indextts.vllm.engine import VLLMEngine
 
     started = time.perf_counter()
-    engine = VLLMEngine.create(model_dir, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
-                               max_num_seqs=max(levels))
+    engine = VLLMEngine.create(model_dir, **{"dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,
+                                             "max_num_seqs": max(levels), **(engine_args or {})})
     startup = time.perf_counter() - started
     gen = torch.Generator().manual_seed(0)
     cond = torch.randn(1, 32, engine.config.model_dim, generator=gen) * 0.5
@@ -110,7 +111,7 @@ def run_loop(main):
 
 
 def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
-          work_dir: str, v1_runner: bool = False, save=lambda run: None) -> dict:
+          work_dir: str, v1_runner: bool = False, save=lambda run: None, engine_args: dict | None = None) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
@@ -123,12 +124,12 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
         torch.manual_seed(0)
         GPT2LMHeadModel(cfg).to(torch.bfloat16).save_pretrained(path)
     started = time.perf_counter()
-    llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-        model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=gpu_mem,
-        max_num_seqs=max(levels), seed=0,
+    llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**{
+        "model": str(path), "skip_tokenizer_init": True, "dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,
+        "max_num_seqs": max(levels), "seed": 0,
         # vLLM 0.26.0 runs embeddings prompts on its V1 model runner only; enabling them here puts
         # the stock model on the same runner, separating the runner's cost from our model's.
-        enable_prompt_embeds=v1_runner))
+        "enable_prompt_embeds": v1_runner, **(engine_args or {})}))
     startup = time.perf_counter() - started
     prompt = {"prompt_token_ids": [1] * (prompt_len - 1) + [8192]}
     counter = iter(range(10**9))
@@ -158,6 +159,9 @@ def main() -> int:
     p.add_argument("--text-tokens", type=int, default=60)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     p.add_argument("--work-dir", default="/var/tmp/bench-decode")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra vLLM engine argument for the engine(s) run, VALUE as JSON "
+                        "(e.g. max_num_batched_tokens=8192); repeatable")
     p.add_argument("--engine", choices=["both", "ours", "stock", "stock-v1"], default="both",
                    help="both = ours then stock, each in its own process; stock-v1 = stock GPT-2 on "
                         "vLLM's V1 model runner (the one embeddings prompts need)")
@@ -173,16 +177,27 @@ def main() -> int:
         results["device"] = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - informational only
         results["device"] = "unknown"
+    extra = {}
+    for item in args.engine_arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--engine-arg takes KEY=VALUE, got {item!r}")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    results["engine_args"] = extra
+
     def save(run: dict) -> None:
         write_json(args.out, dict(results, runs=[run]))
 
     if args.engine == "ours":
         results["runs"].append(ours(args.model_dir, args.levels, args.codes, args.text_tokens,
-                                    args.gpu_memory_utilization, save))
+                                    args.gpu_memory_utilization, save, extra))
     elif args.engine in ("stock", "stock-v1"):
         results["runs"].append(stock(cfg.model_dim, cfg.layers, cfg.heads, args.levels, args.codes,
                                      32 + args.text_tokens + 2 + 1, args.gpu_memory_utilization, args.work_dir,
-                                     v1_runner=args.engine == "stock-v1", save=save))
+                                     v1_runner=args.engine == "stock-v1", save=save, engine_args=extra))
     else:
         for engine in ("ours", "stock"):
             part = Path(args.work_dir) / f"decode-{engine}.json"
