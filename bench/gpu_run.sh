@@ -24,7 +24,7 @@ case $phase in
   e2e)             run python3 bench/bench_e2e.py --engine vllm --dtype bfloat16 --model-dir $CKPT --out "$OUT/e2e_vllm.json" ;;
   baseline)        run python3 bench/bench_e2e.py --engine torch --dtype float16 --levels 1 --model-dir $CKPT --out "$OUT/e2e_baseline.json" ;;
   parity)          run python3 bench/gpu_parity.py --model-dir $CKPT --out "$OUT/gpu_parity.json" ;;
-  gpu-tests)       run python3 -m pytest -q -m gpu tests/test_vocoder.py ;;
+  gpu-tests)       run python3 -m pytest -q -m gpu tests/test_vocoder.py tests/test_pipeline.py ;;
   vocoder)         run python3 bench/bench_vocoder.py --profile --model-dir $CKPT --out "$OUT/vocoder.json" ;;
   http)            run python3 bench/bench_http.py --model-dir $CKPT --out "$OUT/http.json" ;;
   *) echo "unknown phase $phase"; exit 2 ;;

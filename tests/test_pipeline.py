@@ -282,3 +282,18 @@ def test_vocode_batch_respects_max_batch(tts):
     finally:
         stage.close()
     assert calls == [3, 3, 1]
+
+
+@pytest.mark.gpu
+def test_vllm_engine_pipeline_on_cuda_reproduces_golden_waveform(expected, expected_meta):
+    """The whole pipeline on CUDA with the vLLM engine: the process has used CUDA before vLLM
+    starts its engine core (which then must be spawned, not forked), the vocoder runs the fused
+    activation, and greedy float32 output still matches the golden waveform."""
+    text, ref, max_tokens = _golden_e2e(expected_meta, 1)
+    torch.zeros(1, device="cuda")       # CUDA in use before the engine starts
+    with IndexTTS.from_pretrained(TINY, device="cuda", dtype=torch.float32, engine="vllm",
+                                  gpu_memory_utilization=0.15, enforce_eager=True, max_num_seqs=8) as model:
+        audio = model.synthesize(text, ref, GREEDY, max_tokens_per_segment=max_tokens)
+    want = expected["e2e1.wav_int16"].reshape(-1)
+    assert audio.shape == want.shape
+    assert (audio.int() - want.int()).abs().max() <= 2
