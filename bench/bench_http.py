@@ -81,6 +81,7 @@ async def level_run(url: tuple[str, int, str], body: dict, level: int) -> dict:
             "ttfa_median_s": statistics.median(r["ttfa_s"] for r in rows),
             "ttfa_p95_s": percentile([r["ttfa_s"] for r in rows], 0.95),
             "rtf_median": statistics.median(r["total_s"] / r["audio_s"] for r in rows),
+            "rtf_p95": percentile([r["total_s"] / r["audio_s"] for r in rows], 0.95),
             "real_time_share": sum(r["real_time"] for r in rows) / level,
             "audio_s_per_request": rows[0]["audio_s"],
             "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall, "gpu_memory_mib": gpu_memory_mib()}
