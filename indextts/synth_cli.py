@@ -76,8 +76,11 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.text is not None and not args.text.strip():
         raise TextError("--text is empty; give some text to speak")
     lines = _lines(args.text_file) if args.text_file else None
+    # One text at a time: at most a few segments decode together, so the vLLM engine needs few
+    # sequence slots (less KV cache to reserve, fewer CUDA graphs to capture at start-up).
+    engine_options = {"max_num_seqs": 16} if args.engine == "vllm" else {}
     with IndexTTS.from_pretrained(args.model_dir, device=args.device, engine=args.engine,
-                                  gpu_memory_utilization=args.gpu_memory_utilization) as tts:
+                                  gpu_memory_utilization=args.gpu_memory_utilization, **engine_options) as tts:
         voice = tts.voice(args.voice)
         if lines is None:
             audio = tts.synthesize(args.text, voice, options, args.max_text_tokens_per_segment)

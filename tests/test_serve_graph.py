@@ -221,7 +221,8 @@ def synth_greedy(tiny_dir: Path, out: Path, *extra: str) -> np.ndarray:
     done = subprocess.run([sys.executable, "-m", "indextts", "synth", "--model-dir", str(tiny_dir), "--voice",
                            str(tiny_dir / "ref_a.wav"), "--text", TEXT, "--greedy", "--max-text-tokens-per-segment",
                            "40", "--out", str(out), *extra], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or "ERROR" in line]
+    assert done.returncode == 0, "\n".join(errors[:40]) + "\n...\n" + done.stderr[-2000:]
     with wave.open(str(out)) as w:
         return np.frombuffer(w.readframes(w.getnframes()), "<i2")
 

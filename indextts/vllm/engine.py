@@ -323,8 +323,12 @@ class VLLMEngine:
         async def one():
             async for _ in self.generate(cond, ids, options):
                 pass
+        from vllm.platforms import current_platform
+
         most = self._llm.vllm_config.scheduler_config.max_num_seqs
-        for n in sorted({min(n, most) for n in WARM_UP_BATCHES}):
+        # The compiles happen on GPUs; vLLM's CPU sampler compiles nothing, one request will do there.
+        sizes = (1,) if current_platform.is_cpu() else WARM_UP_BATCHES
+        for n in sorted({min(n, most) for n in sizes}):
             await asyncio.gather(*(one() for _ in range(n)))
 
     # -- state --------------------------------------------------------------------------------
