@@ -314,8 +314,8 @@ class VLLMEngine:
         once took about 17 s extra on an H100 with vLLM 0.26.0 (vLLM logs a Triton JIT
         compilation of its top-k/top-p kernel), a one-off that looked like "8 concurrent
         sequences are slow" in benchmarks. A later run warmed at 1, 8 and 32 only and then
-        saw the same dip at 4 concurrent (stock vLLM too), so every power of two up to 64 is
-        warmed."""
+        saw the same dip at 4 concurrent (stock vLLM too), so on GPUs every power of two up to
+        64 is warmed."""
         cond = torch.zeros(1, self.config.condition.num_latents, self.config.model_dim)
         ids = [self.config.stop_text_token + 1] * 8
         options = SamplingOptions(max_codes=4, ignore_stop=True, seed=0)
