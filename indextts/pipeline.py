@@ -339,10 +339,12 @@ class VocoderEngineStage:
                 continue
             try:
                 wavs = await self.vocode_batch([v for v, _, _ in batch], [x for _, x, _ in batch])
-            except Exception as e:     # every waiter of this batch gets the error
+            except BaseException as e:     # every waiter of this batch gets the error
                 for *_, done in batch:
                     if not done.done():
-                        done.set_exception(e)
+                        done.set_exception(e if isinstance(e, Exception) else RuntimeError("vocoder stopped"))
+                if not isinstance(e, Exception):
+                    raise               # cancelled: the waiters are told, the task ends
                 continue
             for (_, _, done), wav in zip(batch, wavs):
                 if not done.done():
