@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 ENGINES = ("torch", "vllm")
 # Partial code chunks are emitted this often while a segment is being generated.
 CODE_CHUNK = 16
+# Mixed-length vocoder batches: the longest item at most this many times the shortest, plus a
+# slack in frames so that short segments (cheap to pad, costly in kernel launches) always share.
+MIXED_LENGTH_RATIO = 1.5
+MIXED_LENGTH_SLACK = 16
 
 
 def parse_device(device: Union[str, torch.device]) -> torch.device:
@@ -284,14 +288,15 @@ class VocoderEngineStage:
     def _groups(self, latents: Sequence[torch.Tensor]) -> list[list[int]]:
         """Indices of the non-empty items, grouped into BigVGAN calls of at most `max_batch`.
         Equal lengths only, unless `mixed_length_batches`: then lengths sorted, and a call's
-        longest item at most 1.5x its shortest (+16 frames), which bounds the padding."""
+        longest item at most `MIXED_LENGTH_RATIO` x its shortest + `MIXED_LENGTH_SLACK` frames,
+        which bounds the padding."""
         order = sorted((i for i, lat in enumerate(latents) if lat.shape[0] > 0), key=lambda i: latents[i].shape[0])
         groups: list[list[int]] = []
         for i in order:
             n = latents[i].shape[0]
             if groups and len(groups[-1]) < self.max_batch:
                 first = latents[groups[-1][0]].shape[0]
-                if n == first or (self.mixed_length_batches and n <= 1.5 * first + 16):
+                if n == first or (self.mixed_length_batches and n <= MIXED_LENGTH_RATIO * first + MIXED_LENGTH_SLACK):
                     groups[-1].append(i)
                     continue
             groups.append([i])
@@ -306,17 +311,13 @@ class VocoderEngineStage:
         for idx in self._groups(latents):
             lengths = [latents[i].shape[0] for i in idx]
             spk = torch.cat([self.speaker_embedding(voices[i]) for i in idx])               # [B, 1, S]
-            if len(set(lengths)) == 1:
-                lat = torch.stack([latents[i] for i in idx]).to(self.device, self.dtype)   # [B, n, D]
-                wav = self.model(lat, spk)[:, 0]
-            else:
-                lat = torch.zeros(len(idx), max(lengths), latents[idx[0]].shape[1], device=self.device, dtype=self.dtype)
-                for row, i in enumerate(idx):
-                    lat[row, :lengths[row]] = latents[i].to(self.device, self.dtype)
-                wav = self.model(lat, spk, torch.tensor(lengths, device=self.device))[:, 0]
-            wav = wav.float().cpu()                                                          # [B, max_n * hop]
+            lat = torch.zeros(len(idx), max(lengths), latents[idx[0]].shape[1], device=self.device, dtype=self.dtype)
             for row, i in enumerate(idx):
-                out[i] = wav[row, :lengths[row] * hop].clone() if len(set(lengths)) > 1 else wav[row]
+                lat[row, :lengths[row]] = latents[i]                                         # right-padded
+            padded = len(set(lengths)) > 1
+            wav = self.model(lat, spk, torch.tensor(lengths) if padded else None)[:, 0].float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = wav[row, :lengths[row] * hop].clone()    # its own storage, not a view of the batch
         return out
 
     async def vocode_batch(self, voices: Sequence[VoiceSpec], latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:

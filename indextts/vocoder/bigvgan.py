@@ -80,12 +80,25 @@ class WeightNormConv1d(nn.Module):
         return F.conv1d(x, weight, self.bias, self.stride, self.padding, self.dilation)
 
 
-def _zero_past(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-    """`x` [B, C, T] with item b's steps from `lengths[b]` on set to zero (no-op without lengths)."""
-    if lengths is None:
-        return x
-    keep = torch.arange(x.shape[-1], device=x.device) < lengths.to(x.device)[:, None]   # [B, T]
-    return x.masked_fill(~keep[:, None, :], 0.0)
+class _Valid:
+    """Which steps of a right-padded batch are real at one time resolution: per-item `lengths`
+    [B] and the `pad` mask [B, 1, T] (True past each item's end), built once per resolution."""
+
+    def __init__(self, lengths: torch.Tensor, steps: int):
+        self.lengths = lengths
+        self.pad = (torch.arange(steps, device=lengths.device) >= lengths[:, None])[:, None, :]
+
+    def upsampled(self, rate: int) -> "_Valid":
+        return _Valid(self.lengths * rate, self.pad.shape[-1] * rate)
+
+
+def _zero_past(x: torch.Tensor, valid: Optional[_Valid]) -> torch.Tensor:
+    """`x` [B, C, T] with each item's padding set to zero (no-op for an unpadded batch)."""
+    return x if valid is None else x.masked_fill(valid.pad, 0.0)
+
+
+def _lengths(valid: Optional[_Valid]) -> Optional[torch.Tensor]:
+    return None if valid is None else valid.lengths
 
 
 def _same_padding(kernel_size: int, dilation: int) -> int:
@@ -107,11 +120,12 @@ class AMPBlock(nn.Module):
         # Stored interleaved: activations[2i] precedes convs1[i], activations[2i+1] precedes convs2[i].
         self.activations = nn.ModuleList(AntiAliasedSnakeBeta(channels) for _ in range(2 * len(dilations)))
 
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        # lengths: see BigVGAN.forward; every conv input is zero past each item's length.
+    def forward(self, x: torch.Tensor, valid: Optional[_Valid] = None) -> torch.Tensor:
+        # valid: a padded batch (see BigVGAN.forward); every conv input is zero past each item's end.
+        lengths = _lengths(valid)
         for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
-            xt = c1(_zero_past(self.activations[2 * i](x, lengths), lengths))
-            xt = c2(_zero_past(self.activations[2 * i + 1](xt, lengths), lengths))
+            xt = c1(_zero_past(self.activations[2 * i](x, lengths), valid))
+            xt = c2(_zero_past(self.activations[2 * i + 1](xt, lengths), valid))
             x = x + xt
         return x
 
@@ -191,18 +205,18 @@ class BigVGAN(nn.Module):
         `lengths[b] * hop_length` samples are what it alone would give (up to floating-point
         summation order); the rest is padding to drop."""
         spk = speaker_embedding.transpose(1, 2)  # [B, S, 1], broadcasts over time
-        x = self.conv_pre(_zero_past(latents.transpose(1, 2), lengths))  # [B, C0, T]
+        valid = None if lengths is None else _Valid(lengths.to(latents.device), latents.shape[1])
+        x = self.conv_pre(_zero_past(latents.transpose(1, 2), valid))  # [B, C0, T]
         x = x + self.cond_layer(spk)
         for i, (up,) in enumerate(self.ups):
-            x = up(_zero_past(x, lengths))  # [B, C_i, T * prod(rates[:i+1])]
-            if lengths is not None:
-                lengths = lengths * self.cfg.upsample_rates[i]
+            x = up(_zero_past(x, valid))  # [B, C_i, T * prod(rates[:i+1])]
+            valid = None if valid is None else valid.upsampled(self.cfg.upsample_rates[i])
             if self.conds is not None:
                 x = x + self.conds[i](spk)
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            xs = blocks[0](x, lengths)
+            xs = blocks[0](x, valid)
             for block in blocks[1:]:
-                xs = xs + block(x, lengths)
+                xs = xs + block(x, valid)
             x = xs / self.num_kernels
-        x = self.conv_post(_zero_past(self.activation_post(x, lengths), lengths))  # [B, 1, T * hop]
+        x = self.conv_post(_zero_past(self.activation_post(x, _lengths(valid)), valid))  # [B, 1, T * hop]
         return torch.tanh(x)
