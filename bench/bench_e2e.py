@@ -25,25 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
-from pathlib import Path
 
-from common import gpu_memory_mib, percentile, write_json
-
-SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
-
-
-def is_real_time(arrivals: list[float], durations: list[float]) -> bool:
-    """No chunk later than the playback of the chunks before it, counted from the first chunk."""
-    played = 0.0
-    for t, d in zip(arrivals, durations):
-        if t - arrivals[0] > played + 1e-3:
-            return False
-        played += d
-    return True
-
+from common import SENTENCE, add_stream_args, level_summary, stream_row, write_json
 
 async def one_request(tts, text: str, voice, options, max_tokens: int) -> dict:
     start = time.perf_counter()
@@ -51,49 +36,26 @@ async def one_request(tts, text: str, voice, options, max_tokens: int) -> dict:
     async for chunk in tts.synthesizer.stream(text, voice, options, max_tokens):
         arrivals.append(time.perf_counter() - start)
         durations.append(chunk.samples.numel() / chunk.sample_rate)
-    total = arrivals[-1]
-    audio = sum(durations)
-    return {"ttfa_s": arrivals[0], "total_s": total, "audio_s": audio, "rtf": total / audio,
-            "real_time": is_real_time(arrivals, durations)}
+    return stream_row(arrivals, durations)
 
 
 async def run_level(tts, level: int, text: str, voice, options, max_tokens: int) -> dict:
     start = time.perf_counter()
     rows = await asyncio.gather(*(one_request(tts, text, voice, options[i % len(options)], max_tokens)
                                   for i in range(level)))
-    wall = time.perf_counter() - start
-    return {
-        "concurrency": level, "wall_s": wall,
-        "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall,
-        "ttfa_median_s": statistics.median(r["ttfa_s"] for r in rows),
-        "ttfa_p95_s": percentile([r["ttfa_s"] for r in rows], 0.95),
-        "rtf_median": statistics.median(r["rtf"] for r in rows),
-        "rtf_p95": percentile([r["rtf"] for r in rows], 0.95),
-        "real_time_share": sum(r["real_time"] for r in rows) / level,
-        "audio_s_per_request": rows[0]["audio_s"],
-        "gpu_memory_mib": gpu_memory_mib(),
-    }
+    return level_summary(level, time.perf_counter() - start, rows)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--voice", default=str(Path(__file__).parent.parent / "tests/golden/tiny/ref_a.wav"))
-    p.add_argument("--device", default="cuda")
+    add_stream_args(p, levels=[1, 8, 16, 24, 32, 64, 256], gpu_memory_utilization=0.6)
     p.add_argument("--engine", choices=["torch", "vllm"], default="vllm")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    p.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16, 24, 32, 64, 256],
-                   help="concurrency levels; the steps between 8 and 32 locate the real-time limit")
-    p.add_argument("--segments", type=int, default=4, help="sentences (segments) per request")
-    p.add_argument("--segment-codes", type=int, default=59,
-                   help="codes per segment (4 x 59 codes = 10.07 s per request)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.6)
     p.add_argument("--max-num-seqs", type=int, default=512)
     p.add_argument("--length-jitter", type=float, default=0.2,
                    help="requests' segment lengths spread over +-this share of --segment-codes (0: all equal)")
     p.add_argument("--mixed-length-batches", action="store_true",
                    help="let the vocoder batch segments of different lengths (see VocoderEngineStage)")
-    p.add_argument("--out", required=True)
     args = p.parse_args()
 
     import torch

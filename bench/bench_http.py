@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import gpu_memory_mib, percentile, write_json
+from common import SENTENCE, add_stream_args, level_summary, stream_row, write_json
 
 BYTES_PER_SECOND = 24000 * 2      # pcm: 24 kHz, 16-bit mono
-SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
 async def post_stream(host: str, port: int, path: str, body: dict):
@@ -58,47 +56,24 @@ async def post_stream(host: str, port: int, path: str, body: dict):
 
 async def one(url: tuple[str, int, str], body: dict) -> dict:
     start = time.perf_counter()
-    first = None
-    received = 0
-    late = False
+    arrivals, durations = [], []
     async for data in post_stream(*url, body):
-        now = time.perf_counter() - start
-        if first is None:
-            first = now
-        elif now - first > received / BYTES_PER_SECOND + 1e-3:
-            late = True
-        received += len(data)
-    total = time.perf_counter() - start
-    audio = received / BYTES_PER_SECOND
-    return {"ttfa_s": first, "total_s": total, "audio_s": audio, "real_time": not late}
+        arrivals.append(time.perf_counter() - start)
+        durations.append(len(data) / BYTES_PER_SECOND)
+    return stream_row(arrivals, durations)
 
 
 async def level_run(url: tuple[str, int, str], body: dict, level: int) -> dict:
     start = time.perf_counter()
     rows = await asyncio.gather(*(one(url, body) for _ in range(level)))
-    wall = time.perf_counter() - start
-    return {"concurrency": level, "wall_s": wall,
-            "ttfa_median_s": statistics.median(r["ttfa_s"] for r in rows),
-            "ttfa_p95_s": percentile([r["ttfa_s"] for r in rows], 0.95),
-            "rtf_median": statistics.median(r["total_s"] / r["audio_s"] for r in rows),
-            "rtf_p95": percentile([r["total_s"] / r["audio_s"] for r in rows], 0.95),
-            "real_time_share": sum(r["real_time"] for r in rows) / level,
-            "audio_s_per_request": rows[0]["audio_s"],
-            "audio_s_per_wall_s": sum(r["audio_s"] for r in rows) / wall, "gpu_memory_mib": gpu_memory_mib()}
+    return level_summary(level, time.perf_counter() - start, rows)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--voice", default=str(Path(__file__).parent.parent / "tests/golden/tiny/ref_a.wav"))
-    p.add_argument("--device", default="cuda")
+    add_stream_args(p, levels=[1, 16, 64], gpu_memory_utilization=0.5)
     p.add_argument("--gpt-engine", choices=["vllm", "torch"], default="vllm")
-    p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--segments", type=int, default=4)
-    p.add_argument("--segment-codes", type=int, default=59, help="codes per segment (4 x 59 = 10.07 s)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--out", required=True)
     args = p.parse_args()
 
     import ray
