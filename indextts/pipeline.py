@@ -25,6 +25,7 @@ from typing import AsyncIterator, Callable, Iterator, Optional, Sequence, Union
 import torch
 
 from indextts.audio import ReferenceLimits, float_to_int16, reference_mel
+from indextts.batching import BatchQueue
 from indextts.checkpoint import CheckpointInfo, load_gpt, load_vocoder
 from indextts.errors import OptionsError, VoiceError
 from indextts.stages import VoiceSpec, weights_or_uniform
@@ -260,8 +261,8 @@ class VocoderEngineStage:
         self.mixed_length_batches = mixed_length_batches
         self._voices = KeyedCache(cache_size)
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vocoder")
-        self._queue: list = []
-        self._drain: Optional[asyncio.Task] = None
+        # Everything waiting goes to one vocode_batch call, which splits it into max_batch groups.
+        self._queue = BatchQueue(self._vocode_items)
 
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, device: torch.device, dtype: torch.dtype, **kw) -> "VocoderEngineStage":
@@ -325,31 +326,10 @@ class VocoderEngineStage:
         return await loop.run_in_executor(self._executor, self.vocode_batch_sync, list(voices), list(latents))
 
     async def vocode(self, voice: VoiceSpec, latents: torch.Tensor) -> torch.Tensor:
-        done = asyncio.get_running_loop().create_future()
-        self._queue.append((voice, latents, done))
-        if self._drain is None or self._drain.done():
-            self._drain = asyncio.ensure_future(self._drain_queue())
-        return await done
+        return await self._queue.submit((voice, latents))
 
-    async def _drain_queue(self) -> None:
-        """Runs queued segments, all that are waiting at each turn (in `max_batch` calls)."""
-        while self._queue:
-            batch, self._queue = self._queue, []
-            batch = [item for item in batch if not item[2].done()]      # callers cancelled meanwhile
-            if not batch:
-                continue
-            try:
-                wavs = await self.vocode_batch([v for v, _, _ in batch], [x for _, x, _ in batch])
-            except BaseException as e:     # every waiter of this batch gets the error
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(e if isinstance(e, Exception) else RuntimeError("vocoder stopped"))
-                if not isinstance(e, Exception):
-                    raise               # cancelled: the waiters are told, the task ends
-                continue
-            for (_, _, done), wav in zip(batch, wavs):
-                if not done.done():
-                    done.set_result(wav)
+    async def _vocode_items(self, items: list[tuple[VoiceSpec, torch.Tensor]]) -> list[torch.Tensor]:
+        return await self.vocode_batch([v for v, _ in items], [x for _, x in items])
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

