@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -64,11 +65,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 class KeyedCache:
-    """A small thread-safe LRU: `get_or_compute(key, fn)`; concurrent misses may compute twice."""
+    """A small thread-safe LRU: `get_or_compute(key, fn)`. Concurrent misses on one key compute
+    once: the first caller computes, the others wait for its result (or its error)."""
 
     def __init__(self, capacity: int = 64):
         self.capacity = capacity
         self._items: "collections.OrderedDict[str, object]" = collections.OrderedDict()
+        self._pending: dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
 
     def get_or_compute(self, key: str, compute: Callable[[], object]):
@@ -76,12 +79,28 @@ class KeyedCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = compute()
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = concurrent.futures.Future()
+                owner = True
+            else:
+                owner = False
+        if not owner:
+            return pending.result()
+        try:
+            value = compute()
+        except BaseException as e:
+            with self._lock:
+                del self._pending[key]
+            pending.set_exception(e)
+            raise
         with self._lock:
+            del self._pending[key]
             self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
+        pending.set_result(value)
         return value
 
     def __len__(self) -> int:

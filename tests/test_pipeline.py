@@ -297,3 +297,27 @@ def test_vllm_engine_pipeline_on_cuda_reproduces_golden_waveform(expected, expec
     want = expected["e2e1.wav_int16"].reshape(-1)
     assert audio.shape == want.shape
     assert (audio.int() - want.int()).abs().max() <= 2
+
+
+def test_keyed_cache_computes_a_key_once_for_concurrent_misses():
+    from indextts.pipeline import KeyedCache
+    cache = KeyedCache(capacity=2)
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.1)
+        return "value"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("k", slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["value"] * 4 and len(calls) == 1
+
+    def broken():
+        raise ValueError("no")
+    with pytest.raises(ValueError):
+        cache.get_or_compute("bad", broken)
+    assert cache.get_or_compute("bad", lambda: "fixed") == "fixed"     # a failure is not cached
