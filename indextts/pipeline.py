@@ -182,15 +182,14 @@ class TorchGPTStage:
 
     def _run_segment(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions,
                      emit: Callable[[int], None], cancelled: threading.Event) -> CodeChunk:
-        from indextts.gpt.generation import compute_latents, encode_prompt, shrink_silence, stream_codes
+        from indextts.gpt.generation import compute_latents, encode_prompt, result_from_raw, stream_codes
         cond = self.conditioning(voice)
         with torch.no_grad():
             prompt = encode_prompt(self.model, cond, segment.ids)
             if options.num_beams > 1:   # the whole segment is searched before any code is known
                 from indextts.gpt.beam_search import beam_search_codes
-                raw = beam_search_codes(self.model, cond, segment.ids, options, options.num_beams,
-                                        prompt=prompt).codes_raw.tolist()
-                for code in raw:
+                result = beam_search_codes(self.model, cond, segment.ids, options, options.num_beams, prompt=prompt)
+                for code in result.codes_raw.tolist():
                     emit(code)
             else:
                 raw = []
@@ -199,14 +198,9 @@ class TorchGPTStage:
                         raise asyncio.CancelledError()
                     raw.append(code)
                     emit(code)
-            raw_t = torch.tensor(raw, dtype=torch.long)
-            if options.ignore_stop:
-                codes, stopped = raw_t, False
-            else:
-                codes = shrink_silence(raw_t, stop_code=self.cfg.stop_mel_token)
-                stopped = bool(raw) and raw[-1] == self.cfg.stop_mel_token
-            latents = compute_latents(self.model, cond, segment.ids, codes, prompt=prompt)
-        return CodeChunk(codes=codes, latents=latents.float().cpu(), final=True, stopped=stopped)
+                result = result_from_raw(self.cfg, raw, options)
+            latents = compute_latents(self.model, cond, segment.ids, result.codes, prompt=prompt)
+        return CodeChunk(codes=result.codes, latents=latents.float().cpu(), final=True, stopped=result.stopped)
 
     async def generate(self, voice: VoiceSpec, segment: Segment,
                        options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:

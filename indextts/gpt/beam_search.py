@@ -57,7 +57,7 @@ def beam_search_codes(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids:
     `options.max_codes`; temperature, top-k, top-p and seed do not apply (no sampling).
     cond_latents: [1, 32, D]; text_ids: [L]."""
     codes, _ = beam_search_hypotheses(model, cond_latents, text_ids, options, num_beams, prompt=prompt)[0]
-    return result_from_raw(model, codes, options)
+    return result_from_raw(model.cfg, codes, options)
 
 
 def beam_search_hypotheses(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids: TextIds,

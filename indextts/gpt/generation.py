@@ -195,7 +195,7 @@ def generate_codes(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids: Te
                    prompt: Optional[EncodedPrompt] = None) -> GenerationResult:
     """Generates the codes of one segment. cond_latents: [1, 32, D]; text_ids: [L]."""
     raw = list(stream_codes(model, cond_latents, text_ids, options, prompt=prompt))
-    return result_from_raw(model, raw, options)
+    return result_from_raw(model.cfg, raw, options)
 
 
 def generate_codes_batch(model: UnifiedVoice, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -211,16 +211,17 @@ def generate_codes_batch(model: UnifiedVoice, requests: Sequence[GenerationReque
         raw: list[list[int]] = [[] for _ in requests]
         for row, code in _decode(model, cache, logits, samplers, options):
             raw[row].append(code)
-    return [result_from_raw(model, r, o) for r, o in zip(raw, options)]
+    return [result_from_raw(model.cfg, r, o) for r, o in zip(raw, options)]
 
 
-def result_from_raw(model: UnifiedVoice, raw: list[int], options: SamplingOptions) -> GenerationResult:
-    """Raw codes as generated -> GenerationResult (silence shrunk, stop code noted). With
-    `options.ignore_stop` the codes are kept as they came (the stop code is an ordinary code)."""
+def result_from_raw(cfg: GPTConfig, raw: list[int], options: SamplingOptions) -> GenerationResult:
+    """Raw codes as generated (by either engine) -> GenerationResult (silence shrunk, stop code
+    noted). With `options.ignore_stop` the codes are kept as they came (the stop code is an
+    ordinary code)."""
     codes_raw = torch.tensor(raw, dtype=torch.long)
     if options.ignore_stop:
         return GenerationResult(codes_raw, codes_raw.clone(), False)
-    stop = model.cfg.stop_mel_token
+    stop = cfg.stop_mel_token
     return GenerationResult(codes_raw, shrink_silence(codes_raw, stop), bool(raw) and raw[-1] == stop)
 
 

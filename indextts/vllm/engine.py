@@ -48,7 +48,7 @@ import torch
 from indextts.batching import BatchQueue
 from indextts.checkpoint import CheckpointInfo
 from indextts.errors import OptionsError
-from indextts.gpt.generation import code_limit, shrink_silence
+from indextts.gpt.generation import code_limit, result_from_raw
 from indextts.types import CodeChunk, SamplingOptions, Segment, Voice
 from indextts.vllm.prompt import PromptBuilder, VLLMPrompt
 from indextts.vllm.worker import EXTENSION_CLASS, LATENTS_METHOD, from_wire, to_wire
@@ -264,14 +264,12 @@ class VLLMEngine:
                 await stream.aclose()
         finally:
             self._active.discard(request_id)
-        codes_raw = torch.tensor(raw, dtype=torch.long)
-        stopped = not options.ignore_stop and stop in raw
-        codes = codes_raw if options.ignore_stop else shrink_silence(codes_raw, stop)
-        if not stopped and not options.ignore_stop:
+        result = result_from_raw(self.config, raw, options)
+        if not result.stopped and not options.ignore_stop:
             logger.warning("no stop code within %d codes; the segment may be cut short. "
                            "Shorten the segment or raise max_codes", params.max_tokens)
-        latents = await self.latents(prompt, codes.tolist())
-        yield CodeChunk(codes, latents, final=True, stopped=stopped)
+        latents = await self.latents(prompt, result.codes.tolist())
+        yield CodeChunk(result.codes, latents, final=True, stopped=result.stopped)
 
     async def latents(self, prompt: VLLMPrompt, codes: Sequence[int]) -> torch.Tensor:
         """The teacher-forced latents of `codes` after `prompt` -> [N, D] float32 (CPU).
