@@ -68,6 +68,13 @@ class GPTConfig:
         return self.max_text_tokens + 2
 
     @property
+    def max_segment_tokens(self) -> int:
+        """The most text tokens to ask the segmenter for: one below `max_text_tokens`, because the
+        original's segmenter (reproduced as is) may append a closing quote to a sentence that
+        already has the maximum, which would overflow the position table mid-request."""
+        return self.max_text_tokens - 1
+
+    @property
     def mel_positions(self) -> int:
         """Rows of `mel_pos_embedding`: start + codes + stop, plus the original's spare row."""
         return self.max_mel_tokens + 3

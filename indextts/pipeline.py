@@ -450,12 +450,12 @@ class IndexTTS:
         return self._loop.run(coro)
 
     def _max_tokens(self, n: Optional[int]) -> int:
-        limit = self.info.config.gpt.max_text_tokens
+        limit = self.info.config.gpt.max_segment_tokens
         if n is None:
             return min(DEFAULT_MAX_TOKENS_PER_SEGMENT, limit)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= limit:
             raise OptionsError(f"max_tokens_per_segment must be an integer in [1, {limit}] for this "
-                               f"checkpoint (its text position table), got {n!r}")
+                               f"checkpoint (its text position table, less one), got {n!r}")
         return n
 
     @property

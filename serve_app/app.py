@@ -36,9 +36,9 @@ def build_app(args: AppArgs) -> Application:
         # Fail at deploy time with the checkpoint's problem, not later in every replica. (A hub id
         # is resolved by each replica into its node's cache, not downloaded here on the head.)
         info = CheckpointInfo.from_dir(args.model_dir)
-        limit = info.config.gpt.max_text_tokens          # the text position table's size
+        limit = info.config.gpt.max_segment_tokens       # the text position table's size, less one
         if args.max_tokens_per_segment > limit:
-            logger.warning("max_tokens_per_segment %d exceeds this checkpoint's max_text_tokens; using %d",
+            logger.warning("max_tokens_per_segment %d exceeds this checkpoint's limit; using %d",
                            args.max_tokens_per_segment, limit)
         args = args.model_copy(update={"model_dir": str(info.model_dir),
                                        "max_tokens_per_segment": min(args.max_tokens_per_segment, limit)})
@@ -49,7 +49,7 @@ def build_app(args: AppArgs) -> Application:
 def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make_vocoder: Callable,
                 max_tokens_limit: Optional[int] = None) -> Application:
     """Bind Ingress over the three stage deployments; each `make_*` builds its stage in the replica.
-    `max_tokens_limit` caps a request's `max_tokens_per_segment` (the checkpoint's max_text_tokens)."""
+    `max_tokens_limit` caps a request's `max_tokens_per_segment` (`GPTConfig.max_segment_tokens`)."""
     voices_dir = args.resolved_voices_dir()
     if not args.voices_dir:
         logger.warning("voices_dir not given: using %s (use a shared volume when replicas run on "

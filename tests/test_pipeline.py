@@ -321,3 +321,16 @@ def test_keyed_cache_computes_a_key_once_for_concurrent_misses():
     with pytest.raises(ValueError):
         cache.get_or_compute("bad", broken)
     assert cache.get_or_compute("bad", lambda: "fixed") == "fixed"     # a failure is not cached
+
+
+def test_a_full_segment_with_a_closing_quote_still_fits_the_model(tts):
+    """The original's segmenter appends a quote after a sentence end even when the sentence already
+    has the maximum number of tokens; the segment limit keeps one token for it."""
+    from indextts.text.segmenter import split_pieces
+    limit = tts.info.config.gpt.max_segment_tokens
+    assert limit == tts.info.config.gpt.max_text_tokens - 1
+    pieces = ["▁A"] * (limit - 1) + ["▁.", "'", "▁B", "▁."]
+    longest = max(len(s) for s in split_pieces(pieces, limit).segments)
+    assert longest == limit + 1 == tts.info.config.gpt.max_text_tokens
+    with pytest.raises(OptionsError, match=r"\[1, 79\]"):
+        tts.synthesize("Hello.", TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=80)
