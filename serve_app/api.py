@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # The original /tts_url route sampled with seed 8 unless told otherwise.
 LEGACY_DEFAULT_SEED = 8
 UPLOAD_FIELDS = ("audio_sample", "files", "file")
+UPLOAD_FORM_SLACK_BYTES = 64 * 1024    # multipart boundaries, headers and the other fields
 
 
 # -- request models ---------------------------------------------------------------------------
@@ -364,10 +365,23 @@ def build_api(service: SpeechService) -> FastAPI:
         if not request.headers.get("content-type", "").startswith(("multipart/form-data",
                                                                     "application/x-www-form-urlencoded")):
             raise ApiError(400, how, None, "invalid_upload")
+        # Refuse an oversized body before receiving it (the form parser spools every part first).
+        most = service.settings.max_upload_files * service.settings.max_upload_bytes + UPLOAD_FORM_SLACK_BYTES
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > most:
+            raise ApiError(413, f"the upload is larger than {most} bytes ({service.settings.max_upload_files} "
+                                f"files of at most {service.settings.max_upload_bytes} bytes)", "audio_sample",
+                           "file_too_large")
         try:
             form = await request.form(max_files=service.settings.max_upload_files + 1)
         except Exception as e:   # malformed multipart, or too many parts
             raise ApiError(400, f"{how}: {e}", None, "invalid_upload") from e
+        try:
+            return await _add_voice(form, how)
+        finally:
+            await form.close()     # its spooled temporary files
+
+    async def _add_voice(form, how: str) -> dict:
         name = form.get("name")
         if not isinstance(name, str) or not name:
             raise ApiError(400, "'name' is required", "name", "invalid_value")

@@ -331,6 +331,9 @@ def test_bad_uploads_are_client_errors(client, tiny_dir):
     assert_envelope(post(data={"name": "x"}, files=[("audio_sample", wav)] * 4), 400, "audio_sample", "at most")
     assert_envelope(post(data={"name": "x"}, files=[("audio_sample", ("big.wav", b"0" * 400_001, "audio/wav"))]),
                     413, "audio_sample", "larger")
+    # a body beyond what the limits allow at all is refused from its Content-Length, unread
+    assert_envelope(post(data={"name": "x"}, files=[("audio_sample", ("f.wav", b"0" * 400_000, "audio/wav"))] * 4),
+                    413, "audio_sample", "upload is larger")
     assert_envelope(post(data={"name": "alice"}, files=[("audio_sample", wav)]), 409, "name", "preset")
     assert post(data={"name": "x"}, files=[("audio_sample", wav)]).status_code == 200
     assert_envelope(post(data={"name": "x"}, files=[("audio_sample", wav)]), 409, "name", "already exists")
