@@ -81,8 +81,9 @@ class GPTConfig:
 
     @property
     def max_generated_codes(self) -> int:
-        """Most codes one generation may produce: generated code k sits at mel position k + 2,
-        so the mel position table bounds generation at `mel_positions - 2` codes (stop included)."""
+        """Most codes one generation may produce (stop included): the original's `max_mel_tokens`.
+        Generated code k sits at mel position k + 2, so the table (`mel_positions` rows) would
+        hold one more; the latent pass is checked against that table bound."""
         return self.max_mel_tokens
 
 

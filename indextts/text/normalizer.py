@@ -2,9 +2,9 @@
 
 Pipeline: `嗯`->`恩`, `呣`->`母`; pick zh or en; expand English `'s` contractions; (zh) hide pinyin
 with tone numbers and `·` names behind placeholders; WeTextProcessing; restore the hidden parts;
-map punctuation. Quirks of the original that the golden cases pin are kept (see REFERENCE.md).
+map punctuation. Quirks of the original that the golden cases pin are kept (tests/golden/README.md).
 
-Two deliberate differences, both where the original is nondeterministic or corrupts text:
+Three deliberate differences, each where the original is nondeterministic, corrupts text or fails:
 - Protected spans are replaced longest first. The original's order is a `set`'s, which changes
   with PYTHONHASHSEED, and a short syllable replaced first (`an4`) breaks a longer one (`xian4`).
 - Past 26 protected spans the original's placeholder letters run into punctuation, controls and
