@@ -56,8 +56,8 @@ async def run_levels(submit, levels, codes: int, on_row=lambda rows: None) -> li
         return first or 0.0, last or 0.0, n
 
     # Warm-up at the batch sizes where vLLM compiles kernels on first use (its top-k/top-p
-    # sampler is JIT-compiled the first time 8 sampled requests share a step).
-    for n in (1, 8, 32):
+    # sampler is JIT-compiled per batch-size bucket): every power of two up to the largest level.
+    for n in sorted({2 ** k for k in range(max(levels).bit_length())} | {max(levels)}):
         await asyncio.gather(*(one(time.perf_counter()) for _ in range(n)))
     results = []
     for level in levels:
@@ -92,7 +92,8 @@ def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, s
         async for chunk in engine.generate(cond, ids, options):
             yield 0 if chunk.final else len(chunk.codes)
 
-    run = {"engine": "indextts-vllm", "startup_s": startup, "levels": []}
+    run = {"engine": "indextts-vllm", "startup_s": startup, "levels": [],
+           "model_runner": "v2" if engine.llm.vllm_config.use_v2_model_runner else "v1"}
 
     async def main():
         run["levels"] = await run_levels(submit, levels, codes, lambda rows: save(dict(run, levels=rows)))
@@ -140,7 +141,8 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
         async for out in llm.generate(prompt, params, f"stock-{next(counter)}"):
             yield len(out.outputs[0].token_ids)
 
-    run = {"engine": "stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), "startup_s": startup, "levels": []}
+    run = {"engine": "stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), "startup_s": startup, "levels": [],
+           "model_runner": "v2" if llm.vllm_config.use_v2_model_runner else "v1"}
 
     async def main():
         run["levels"] = await run_levels(submit, levels, codes, lambda rows: save(dict(run, levels=rows)))

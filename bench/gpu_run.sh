@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One benchmark phase per call on the GPU machine (each fits the 10-minute call limit):
-#   bash bench/gpu_run.sh decode-ours|decode-ours-8k|decode-stock|decode-stock-v1|e2e|baseline|vocoder|parity|http
+#   bash bench/gpu_run.sh decode-ours|decode-ours-8k|decode-stock|decode-stock-v1|e2e|baseline|gpu-tests|vllm-tests|vocoder|parity|http
 # Results and full logs go to $OUT (default bench/results/raw); the committed copies live in
 # bench/results/ and `python bench/report.py` turns them into the table and plots.
 set -o pipefail
@@ -25,6 +25,7 @@ case $phase in
   baseline)        run python3 bench/bench_e2e.py --engine torch --dtype float16 --levels 1 --model-dir $CKPT --out "$OUT/e2e_baseline.json" ;;
   parity)          run python3 bench/gpu_parity.py --model-dir $CKPT --out "$OUT/gpu_parity.json" ;;
   gpu-tests)       run python3 -m pytest -q -m gpu tests/test_vocoder.py tests/test_pipeline.py ;;
+  vllm-tests)      run python3 -m pytest -q -m gpu tests/test_vllm_engine.py ;;
   vocoder)         run python3 bench/bench_vocoder.py --profile --model-dir $CKPT --out "$OUT/vocoder.json" ;;
   http)            run python3 bench/bench_http.py --model-dir $CKPT --out "$OUT/http.json" ;;
   *) echo "unknown phase $phase"; exit 2 ;;

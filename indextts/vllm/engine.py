@@ -131,7 +131,8 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
     if max_num_seqs < 1:
         raise OptionsError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
     kwargs = dict(model=str(model_dir), config_format=CONFIG_FORMAT, load_format=LOAD_FORMAT,
-                  runner="generate", skip_tokenizer_init=True, enable_prompt_embeds=True,
+                  runner="generate", skip_tokenizer_init=True, limit_mm_per_prompt={"voice": 1},
+                  mm_processor_cache_gb=0,
                   generation_config="vllm", worker_extension_cls=EXTENSION_CLASS, dtype=dtype,
                   gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                   enforce_eager=enforce_eager, max_model_len=max_model_len, seed=seed,

@@ -67,11 +67,14 @@ from vllm.model_executor.layers.linear import ColumnParallelLinear, QKVParallelL
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
-from vllm.model_executor.models.interfaces import SupportsMRoPE
+from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
+from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from indextts.checkpoint import GPT_IGNORED_KEYS, compare_state_dict, describe_mismatch
 from indextts.errors import CheckpointError
 from indextts.vllm.hf_config import IndexTTSGPTConfig
+from indextts.vllm.multimodal import (FIELD, IndexTTSDummyInputsBuilder, IndexTTSMultiModalProcessor,
+                                      IndexTTSProcessingInfo)
 
 # Stored in gpt.pth but not used by this model: the conditioning encoder runs where voices are
 # made, the text tables where prompts are built (indextts.vllm.engine), text_head nowhere.
@@ -176,7 +179,9 @@ class UnifiedVoiceDecoder(nn.Module):
         return self.final_norm(self.ln_f(x)).view(b, t, d)
 
 
-class IndexTTSGPTForCausalLM(nn.Module, SupportsMRoPE):
+@MULTIMODAL_REGISTRY.register_processor(IndexTTSMultiModalProcessor, info=IndexTTSProcessingInfo,
+                                        dummy_inputs=IndexTTSDummyInputsBuilder)
+class IndexTTSGPTForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
     """The vLLM model; see the module docstring for how prompts and positions are laid out."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
@@ -192,9 +197,31 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMRoPE):
 
     # -- what vLLM calls ----------------------------------------------------------------------
 
-    def embed_input_ids(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Token ids are mel codes (the start code and generated codes): [T] -> [T, D]."""
-        return self.mel_embedding(input_ids)
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> Optional[str]:
+        return None          # prompts are token ids; there is no text form
+
+    def get_language_model(self) -> nn.Module:
+        return self
+
+    def embed_multimodal(self, **kwargs) -> list[torch.Tensor]:
+        """The "voice" items' prompt rows, as they came: a list of [P, D]."""
+        rows = kwargs.get(FIELD)
+        if rows is None:
+            return []
+        dtype = self.mel_head.weight.dtype
+        return [r.to(dtype) for r in (rows.unbind(0) if isinstance(rows, torch.Tensor) else rows)]
+
+    def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, *,
+                        is_multimodal: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+        """Token ids are mel codes (the start code and generated codes): [T] -> [T, D]; prompt
+        rows (`multimodal_embeddings`) replace the placeholders where `is_multimodal` is set."""
+        x = self.mel_embedding(input_ids)
+        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
+            return x
+        rows = torch.cat(list(multimodal_embeddings)).to(x.dtype)
+        mask = is_multimodal.to(x.device, non_blocking=True)
+        return x.masked_scatter(mask.unsqueeze(-1), rows)
 
     def forward(self, input_ids: Optional[torch.Tensor], positions: torch.Tensor,
                 intermediate_tensors=None, inputs_embeds: Optional[torch.Tensor] = None,
@@ -210,16 +237,24 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMRoPE):
         return self.logits_processor(self.mel_head, hidden_states, embedding_bias=self.mel_head.bias)
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list) -> tuple[torch.Tensor, int]:
-        """input_tokens: `[1] * P + [start code]` -> (positions [3, P + 1], delta 1 - P).
+        """input_tokens: `[1] * P + [start code]` (P rows of the "voice" item) -> (positions
+        [3, P + 1], delta 1 - P).
 
-        Prompt embedding rows get the zero position row, the start code mel position 0; the
-        delta makes the runner give generated code k (sequence index P + 1 + k) position k + 2."""
-        p = len(input_tokens) - 1
-        if p < 1 or input_tokens[-1] != self.config.start_mel_token:
-            raise ValueError("IndexTTS prompts end with the start code after their embedding rows; "
+        Prompt rows get the zero position row, the start code mel position 0; the delta makes
+        the runner give generated code k (sequence index P + 1 + k) position k + 2. Tokens after
+        the start code (vLLM's padded profiling prompt only) continue that count. Requests
+        without prompt rows are vLLM's own warm-up dummies (token ids 0, 1, 2, ...): plain
+        positions."""
+        n = len(input_tokens)
+        if not mm_features:
+            return torch.arange(n).expand(3, n).clone(), 0
+        p = mm_features[0].mm_position.length
+        if mm_features[0].mm_position.offset != 0 or n <= p or input_tokens[p] != self.config.start_mel_token:
+            raise ValueError("IndexTTS prompts are the prompt rows' placeholders, then the start code; "
                              "build them with indextts.vllm.engine")
-        rows = torch.full((3, p + 1), self.embedded_row, dtype=torch.long)
+        rows = torch.full((3, n), self.embedded_row, dtype=torch.long)
         rows[:, p] = 0
+        rows[:, p + 1:] = torch.arange(p + 1, n) + 1 - p
         return rows, 1 - p
 
     # -- weights ------------------------------------------------------------------------------

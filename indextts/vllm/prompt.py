@@ -25,8 +25,6 @@ from indextts.checkpoint import CheckpointInfo, read_state_dict
 from indextts.config import GPTConfig
 from indextts.errors import CheckpointError, TextError, VoiceError
 
-PROMPT_PLACEHOLDER_ID = 1      # the original's fake prompt id (a literal in its code)
-
 
 @dataclass(frozen=True, eq=False)
 class VLLMPrompt:
@@ -43,12 +41,9 @@ class VLLMPrompt:
     def for_vllm(self, dtype: torch.dtype) -> dict:
         """This prompt as vLLM's rendered engine input (`vllm.inputs.embeds_input`, mixed mode),
         the embeddings in `dtype`."""
-        from vllm.inputs import embeds_input
+        from indextts.vllm.multimodal import render
 
-        p = self.length
-        embeds = torch.cat([self.embeds, self.embeds.new_zeros(1, self.embeds.size(1))]).to(dtype)
-        return embeds_input(embeds, prompt_token_ids=[PROMPT_PLACEHOLDER_ID] * p + [self.start_code],
-                            is_token_ids=[False] * p + [True])
+        return render(self.embeds.to(dtype), self.start_code)
 
 
 class PromptBuilder:
