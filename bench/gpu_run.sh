@@ -25,6 +25,7 @@ case $phase in
   baseline)        run python3 bench/bench_e2e.py --engine torch --dtype float16 --levels 1 --model-dir $CKPT --out "$OUT/e2e_baseline.json" ;;
   parity)          run python3 bench/gpu_parity.py --model-dir $CKPT --out "$OUT/gpu_parity.json" ;;
   gpu-tests)       run python3 -m pytest -q -m gpu tests/test_vocoder.py tests/test_pipeline.py ;;
+  probe)           run python3 bench/probe_admission.py --stock --model-dir $CKPT --out "$OUT/probe.json" ;;
   vllm-tests)      run python3 -m pytest -q -m gpu tests/test_vllm_engine.py ;;
   vocoder)         run python3 bench/bench_vocoder.py --profile --model-dir $CKPT --out "$OUT/vocoder.json" ;;
   http)            run python3 bench/bench_http.py --model-dir $CKPT --out "$OUT/http.json" ;;

@@ -1,0 +1,156 @@
+"""Where a request's time to first code goes, per stage, at a few concurrency levels.
+
+    python bench/probe_admission.py --model-dir /var/tmp/ckpt-1.5 --out probe.json
+
+For each level, `c` requests go in at once, three ways: through `VLLMEngine.generate` (our
+wrapper), straight into `AsyncLLM.generate` with the same rendered prompt (no wrapper), and
+(with --stock) a plain GPT-2 of the same size. Per request it records, on one clock
+(`time.monotonic`, which vLLM's engine core also uses): when the call was made, when vLLM
+queued and first scheduled it, when the engine core made its first token and when the caller
+saw it, and the gaps between successive outputs. Diagnostic only; bench_decode.py is the
+benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+from common import write_json
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    keys = ("call_to_queued", "queued_to_scheduled", "scheduled_to_first_token", "first_token_to_caller",
+            "call_to_caller_first", "step_gap_median_ms")
+    return {k: {"median": _median([r.get(k) for r in rows]), "max": max((r.get(k) or 0) for r in rows)}
+            for k in keys}
+
+
+async def one(generate, codes: int) -> dict:
+    call = time.monotonic()
+    first_seen = None
+    gaps, last = [], None
+    metrics = None
+    async for out in generate():
+        now = time.monotonic()
+        if out.outputs and out.outputs[0].token_ids:
+            if first_seen is None:
+                first_seen = now
+            elif last is not None:
+                gaps.append(now - last)
+            last = now
+        metrics = getattr(out, "metrics", None) or metrics
+    row = {"call_to_caller_first": (first_seen - call) if first_seen else None,
+           "step_gap_median_ms": 1e3 * statistics.median(gaps) if gaps else None}
+    if metrics is not None and getattr(metrics, "queued_ts", 0):
+        row.update(call_to_queued=metrics.queued_ts - call, queued_to_scheduled=metrics.scheduled_ts - metrics.queued_ts,
+                   scheduled_to_first_token=metrics.first_token_ts - metrics.scheduled_ts,
+                   first_token_to_caller=(first_seen - metrics.first_token_ts) if first_seen else None)
+    return row
+
+
+async def levels_of(generate, levels, codes) -> list[dict]:
+    for n in sorted({2 ** k for k in range(max(levels).bit_length())} | {max(levels)}):   # warm-up
+        await asyncio.gather(*(one(generate, codes) for _ in range(n)))
+    out = []
+    for level in levels:
+        start = time.monotonic()
+        rows = await asyncio.gather(*(one(generate, codes) for _ in range(level)))
+        summary = {"concurrency": level, "wall_s": time.monotonic() - start, **summarize(rows)}
+        print(json.dumps(summary), flush=True)
+        out.append(summary)
+    return out
+
+
+class _Wrapped:
+    """Our wrapper's chunks, shaped like RequestOutputs for `one` (no vLLM metrics)."""
+
+    def __init__(self, chunk):
+        class _O:
+            token_ids = chunk.codes.tolist() if not chunk.final else []
+        self.outputs = [_O]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64, 256])
+    p.add_argument("--codes", type=int, default=200)
+    p.add_argument("--stock", action="store_true")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
+    args = p.parse_args()
+
+    import torch
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    from indextts.types import SamplingOptions
+    from indextts.vllm.engine import VLLMEngine
+
+    result = {"codes": args.codes, "runs": {}}
+    counter = iter(range(10**9))
+
+    def params():
+        return SamplingParams(max_tokens=args.codes, ignore_eos=True, temperature=1.0, top_k=30, top_p=0.8,
+                              repetition_penalty=10.0, detokenize=False, output_kind=RequestOutputKind.DELTA)
+
+    engine = VLLMEngine.create(args.model_dir, dtype="bfloat16", gpu_memory_utilization=args.gpu_memory_utilization,
+                               max_num_seqs=max(args.levels))
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, 32, engine.config.model_dim, generator=gen) * 0.5
+    ids = torch.randint(2, 500, (60,), generator=gen).tolist()
+    prompt = engine.prompt(cond, ids)
+    options = SamplingOptions(max_codes=args.codes, ignore_stop=True)
+
+    def raw():
+        return engine.llm.generate(prompt.for_vllm(engine.dtype), params(), f"raw-{next(counter)}")
+
+    async def wrapped():
+        async for chunk in engine.generate(cond, ids, options):
+            yield _Wrapped(chunk)
+
+    async def ours():
+        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, args.codes)
+        result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, args.codes)
+        engine.shutdown()
+    asyncio.new_event_loop().run_until_complete(ours())
+    write_json(args.out, result)
+
+    if args.stock:
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        path = Path("/var/tmp/gpt2-stock")
+        if not (path / "config.json").exists():
+            c = engine.config
+            cfg = GPT2Config(vocab_size=8194, n_positions=2048, n_embd=c.model_dim, n_layer=c.layers, n_head=c.heads,
+                             bos_token_id=8192, eos_token_id=8193, activation_function="gelu_new")
+            GPT2LMHeadModel(cfg).to(torch.bfloat16).save_pretrained(path)
+        llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
+            model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=args.gpu_memory_utilization,
+            max_num_seqs=max(args.levels), seed=0))
+        stock_prompt = {"prompt_token_ids": [1] * prompt.length + [8192]}
+
+        def stock():
+            return llm.generate(stock_prompt, params(), f"stock-{next(counter)}")
+
+        async def run_stock():
+            result["runs"]["stock"] = await levels_of(stock, args.levels, args.codes)
+            llm.shutdown()
+        asyncio.new_event_loop().run_until_complete(run_stock())
+        write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
