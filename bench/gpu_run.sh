@@ -26,6 +26,7 @@ case $phase in
   parity)          run python3 bench/gpu_parity.py --model-dir $CKPT --out "$OUT/gpu_parity.json" ;;
   gpu-tests)       run python3 -m pytest -q -m gpu tests/test_vocoder.py tests/test_pipeline.py ;;
   probe)           run python3 bench/probe_admission.py --stock --model-dir $CKPT --out "$OUT/probe.json" ;;
+  probe-profile)   run python3 bench/probe_admission.py --levels 1 256 --codes 300 --profile-dir "$OUT" --model-dir $CKPT --out "$OUT/probe_profile.json" ;;
   vllm-tests)      run python3 -m pytest -q -m gpu tests/test_vllm_engine.py ;;
   vocoder)         run python3 bench/bench_vocoder.py --profile --model-dir $CKPT --out "$OUT/vocoder.json" ;;
   http)            run python3 bench/bench_http.py --model-dir $CKPT --out "$OUT/http.json" ;;

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import time
@@ -58,14 +59,33 @@ async def one(generate, codes: int) -> dict:
     return row
 
 
-async def levels_of(generate, levels, codes) -> list[dict]:
+async def levels_of(generate, levels, codes, profile_to: str | None = None) -> list[dict]:
     for n in sorted({2 ** k for k in range(max(levels).bit_length())} | {max(levels)}):   # warm-up
         await asyncio.gather(*(one(generate, codes) for _ in range(n)))
     out = []
     for level in levels:
+        prof = None
+        if profile_to and level == max(levels):
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
+        gc_before = [s["collections"] for s in gc.get_stats()]
+        cpu = time.process_time()
         start = time.monotonic()
         rows = await asyncio.gather(*(one(generate, codes) for _ in range(level)))
-        summary = {"concurrency": level, "wall_s": time.monotonic() - start, **summarize(rows)}
+        summary = {"concurrency": level, "wall_s": time.monotonic() - start,
+                   "frontend_cpu_s": time.process_time() - cpu,
+                   "gc_collections": [s["collections"] - b for s, b in zip(gc.get_stats(), gc_before)],
+                   **summarize(rows)}
+        if prof is not None:
+            import io
+            import pstats
+            prof.disable()
+            text = io.StringIO()
+            stats = pstats.Stats(prof, stream=text)
+            stats.sort_stats("tottime").print_stats(35)
+            stats.sort_stats("cumulative").print_stats(35)
+            Path(profile_to).write_text(text.getvalue())
         print(json.dumps(summary), flush=True)
         out.append(summary)
     return out
@@ -87,6 +107,7 @@ def main() -> int:
     p.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64, 256])
     p.add_argument("--codes", type=int, default=200)
     p.add_argument("--stock", action="store_true")
+    p.add_argument("--profile-dir", help="cProfile the frontend at the largest level, one file per path")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     args = p.parse_args()
 
@@ -113,15 +134,16 @@ def main() -> int:
     options = SamplingOptions(max_codes=args.codes, ignore_stop=True)
 
     def raw():
-        return engine.llm.generate(prompt.for_vllm(engine.dtype), params(), f"raw-{next(counter)}")
+        return engine.llm.generate(prompt.for_vllm(), params(), f"raw-{next(counter)}")
 
     async def wrapped():
         async for chunk in engine.generate(cond, ids, options):
             yield _Wrapped(chunk)
 
     async def ours():
-        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, args.codes)
-        result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, args.codes)
+        prof = (lambda name: f"{args.profile_dir}/{name}.txt") if args.profile_dir else (lambda name: None)
+        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, args.codes, prof("ours_raw"))
+        result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, args.codes, prof("ours_wrapper"))
         engine.shutdown()
     asyncio.new_event_loop().run_until_complete(ours())
     write_json(args.out, result)

@@ -185,7 +185,7 @@ def test_vllm_penalises_the_prompt_ids_it_sees(engine, loop, expected, sentences
     from vllm.sampling_params import RequestOutputKind
 
     async def codes_with_placeholder(placeholder: int, i: int, ref: str) -> list[int]:
-        prompt = engine.prompt(expected[f"{ref}.cond_latents"], sentences[i]).for_vllm(engine.dtype)
+        prompt = engine.prompt(expected[f"{ref}.cond_latents"], sentences[i]).for_vllm()
         prompt["prompt_token_ids"] = [placeholder] * (len(prompt["prompt_token_ids"]) - 1) + [8192]
         params = engine.sampling_params(greedy("rp10"))
         params.output_kind = RequestOutputKind.FINAL_ONLY

@@ -251,7 +251,7 @@ class VLLMEngine:
         raw: list[int] = []
         self._active.add(request_id)
         try:
-            stream = self._llm.generate(prompt.for_vllm(self.dtype), params, request_id)
+            stream = self._llm.generate(prompt.for_vllm(), params, request_id)
             try:
                 async for out in stream:
                     new = list(out.outputs[0].token_ids)

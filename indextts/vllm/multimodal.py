@@ -43,16 +43,19 @@ def prompt_token_ids(rows: int, start_code: int) -> list[int]:
 
 def content_hash(rows: torch.Tensor) -> str:
     """Identity of a prompt's rows for vLLM's encoder cache and prefix cache: equal rows (same
-    dtype and shape), equal hash."""
-    data = rows.detach().contiguous().cpu()
+    dtype and shape), equal hash. Reads the bytes in place (no torch op: see `PromptBuilder`)."""
+    data = rows.detach()
+    if data.device.type != "cpu" or not data.is_contiguous():
+        data = data.contiguous().cpu()
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{data.dtype}{tuple(data.shape)}".encode())
-    h.update(data.view(torch.uint8).numpy().tobytes())
+    h.update(data.view(torch.uint8).numpy().reshape(-1))
     return h.hexdigest()
 
 
 def render(rows: torch.Tensor, start_code: int) -> dict:
-    """rows [P, D] (in the model's dtype) -> the engine input vLLM takes (`mm_input`)."""
+    """rows [P, D] (any float dtype; the model casts them to its own on its device) -> the
+    engine input vLLM takes (`mm_input`)."""
     if rows.dim() != 2 or rows.size(0) < 1:
         raise ValueError(f"prompt rows must be [P, D] with P >= 1, got {list(rows.shape)}")
     p = rows.size(0)
@@ -153,4 +156,4 @@ class IndexTTSMultiModalProcessor(BaseMultiModalProcessor[IndexTTSProcessingInfo
         elif list(prompt) != prompt_token_ids(rows.size(0), start_code):
             raise ValueError(f"prompt_token_ids must be [{PLACEHOLDER_ID}] * P + [{start_code}] with P = "
                              f"{rows.size(0)}, the number of prompt rows")
-        return render(rows.to(self.info.ctx.model_config.dtype), start_code)
+        return render(rows, start_code)

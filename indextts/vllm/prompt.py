@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from indextts.checkpoint import CheckpointInfo, read_state_dict
@@ -28,7 +29,7 @@ from indextts.errors import CheckpointError, TextError, VoiceError
 
 @dataclass(frozen=True, eq=False)
 class VLLMPrompt:
-    """One request's prompt; `embeds` [P, D] float32 is also the latent pass's prefix."""
+    """One request's prompt; `embeds` [P, D] float32 (CPU) is also the latent pass's prefix."""
 
     embeds: torch.Tensor
     start_code: int
@@ -38,16 +39,23 @@ class VLLMPrompt:
         """P: the embedding rows before the start code."""
         return self.embeds.size(0)
 
-    def for_vllm(self, dtype: torch.dtype) -> dict:
-        """This prompt as vLLM's rendered engine input (`vllm.inputs.embeds_input`, mixed mode),
-        the embeddings in `dtype`."""
+    def for_vllm(self) -> dict:
+        """This prompt as vLLM's rendered engine input: one "voice" item (float32 rows; the
+        model casts them on its device) and the placeholder ids (`indextts.vllm.multimodal`)."""
         from indextts.vllm.multimodal import render
 
-        return render(self.embeds.to(dtype), self.start_code)
+        return render(self.embeds, self.start_code)
 
 
 class PromptBuilder:
-    """Builds `VLLMPrompt`s; holds the text embedding and text position tables (CPU, float32)."""
+    """Builds `VLLMPrompt`s; holds the text embedding and text position tables (CPU, float32).
+
+    Prompts are built with NumPy, not torch: this runs once per request in the process that
+    talks to vLLM, next to vLLM's busy engine processes, and torch's CPU ops above a few
+    thousand elements go through its OpenMP pool. There, on the 16-core GPU machine, 256
+    concurrent requests made the frontend burn 111 s of CPU in 11 s (threads spinning against
+    the engine core), a `torch.cat` of 95 x 1280 took 5 ms and requests waited up to 10 s for
+    their first code (bench/probe_admission.py). NumPy's copies run on the calling thread."""
 
     def __init__(self, cfg: GPTConfig, text_embedding: torch.Tensor, text_positions: torch.Tensor):
         want = {"text_embedding.weight": (cfg.text_vocab_size, cfg.model_dim),
@@ -57,8 +65,8 @@ class PromptBuilder:
                 raise CheckpointError(f"{name} has shape {list(table.shape)}, config.yaml implies {list(shape)}",
                                       mismatched=[(name, tuple(table.shape), shape)])
         self.cfg = cfg
-        self.text_embedding = text_embedding.float()
-        self.text_positions = text_positions.float()
+        self.text_embedding = text_embedding.detach().float().cpu().numpy()
+        self.text_positions = text_positions.detach().float().cpu().numpy()
 
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo) -> "PromptBuilder":
@@ -69,30 +77,32 @@ class PromptBuilder:
         return cls(info.config.gpt, sd["text_embedding.weight"].clone(),
                    sd["text_pos_embedding.emb.weight"].clone())
 
-    def text_ids(self, ids: Sequence[int]) -> torch.Tensor:
+    def text_ids(self, ids: Sequence[int]) -> np.ndarray:
         """[start] + ids + [stop] as int64 [L + 2]; start/stop ids inside the text are dropped
         first, as the original does."""
         cfg = self.cfg
-        t = torch.as_tensor(list(ids), dtype=torch.long).reshape(-1)
+        t = np.asarray(ids.tolist() if isinstance(ids, torch.Tensor) else list(ids), dtype=np.int64).reshape(-1)
         t = t[(t != cfg.start_text_token) & (t != cfg.stop_text_token)]
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= cfg.text_vocab_size):
+        if t.size and (int(t.min()) < 0 or int(t.max()) >= cfg.text_vocab_size):
             raise TextError(f"text ids must lie in [0, {cfg.text_vocab_size}); got {int(t.min())}..{int(t.max())}. "
                             "Was the text tokenized with this checkpoint's bpe.model?")
-        if t.numel() + 2 > cfg.text_positions:
-            raise TextError(f"segment has {t.numel()} text tokens; this checkpoint takes at most "
+        if t.size + 2 > cfg.text_positions:
+            raise TextError(f"segment has {t.size} text tokens; this checkpoint takes at most "
                             f"{cfg.text_positions - 2} per segment. Split the text into shorter segments")
-        return torch.cat([t.new_tensor([cfg.start_text_token]), t, t.new_tensor([cfg.stop_text_token])])
+        return np.concatenate([[cfg.start_text_token], t, [cfg.stop_text_token]]).astype(np.int64)
 
     def build(self, cond_latents: torch.Tensor, ids: Sequence[int]) -> VLLMPrompt:
         """cond_latents: [1, 32, D] (or [32, D]); ids: BPE ids of one segment [L]."""
         cfg = self.cfg
-        cond = cond_latents.detach().to("cpu", torch.float32)
-        if cond.dim() == 3 and cond.size(0) == 1:
-            cond = cond[0]
         want = (cfg.condition.num_latents, cfg.model_dim)
-        if tuple(cond.shape) != want:
+        shape = tuple(cond_latents.shape)
+        if shape[-2:] != want or len(shape) not in (2, 3) or (len(shape) == 3 and shape[0] != 1):
             raise VoiceError(f"conditioning latents must be [1, {want[0]}, {want[1]}], got "
-                             f"{list(cond_latents.shape)}; compute them with this checkpoint's get_conditioning")
+                             f"{list(shape)}; compute them with this checkpoint's get_conditioning")
+        cond = cond_latents.detach().reshape(want).cpu()
+        cond = cond.numpy() if cond.dtype == torch.float32 else cond.float().numpy()
         t = self.text_ids(ids)
-        text = self.text_embedding[t] + self.text_positions[:t.numel()]
-        return VLLMPrompt(torch.cat([cond, text]), cfg.start_mel_token)
+        rows = np.empty((want[0] + t.size, cfg.model_dim), dtype=np.float32)
+        rows[:want[0]] = cond
+        np.add(self.text_embedding[t], self.text_positions[:t.size], out=rows[want[0]:])
+        return VLLMPrompt(torch.from_numpy(rows), cfg.start_mel_token)

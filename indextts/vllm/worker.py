@@ -17,8 +17,9 @@ launches; capturing it in a graph or scheduling it as vLLM prefill work is the n
 
 Tensors cross the RPC as raw bytes plus shape and dtype: vLLM decodes utility-call arguments
 without type information, so a tensor nested in them would arrive as its msgpack encoding.
-Latents travel in the model's precision (bfloat16 on the GPU halves the bytes of float32, and
-float32 would add nothing) and reach the caller as float32.
+Latents are made float32 on the GPU before they travel: sent in bfloat16 (half the bytes), the
+caller's conversion ran through torch's CPU thread pool in the process next to vLLM's busy engine
+(see `indextts.vllm.prompt.PromptBuilder` for what that costs there).
 """
 
 from __future__ import annotations
@@ -63,5 +64,5 @@ class LatentWorkerExtension:
         out = [to_wire(torch.zeros(0, model.config.hidden_size)) for _ in items]
         if todo:
             for (i, _, _), latents in zip(todo, model.teacher_forced_latents([(e, c) for _, e, c in todo])):
-                out[i] = to_wire(latents)
+                out[i] = to_wire(latents.float())
         return out, time.perf_counter() - started      # to_wire copies to the CPU: the GPU is done
