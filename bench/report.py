@@ -54,16 +54,21 @@ def decode_table(runs: dict[str, dict]) -> list[str]:
     if not ours:
         return ["No decode results yet."]
     o, s, s1 = by_level(ours), by_level(stock), by_level(v1)
-    lines = ["| concurrent | ours per request | ours aggregate | stock GPT-2 per request | stock aggregate "
-             "| ours / stock (aggregate) | stock on V1 runner, aggregate | GPU memory (ours) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| concurrent | ours per request | stock GPT-2 per request | ours / stock (per request) "
+             "| ours aggregate | stock aggregate | ours / stock (aggregate) | time to first code, ours / stock "
+             "| stock on V1 runner, aggregate | GPU memory (ours) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for level in sorted(o):
         row, ref, ref1 = o[level], s.get(level), s1.get(level)
         ratio = decode_rate(row) / decode_rate(ref) if ref else None
+        per_request = (row["per_request_tokens_per_s_median"] / ref["per_request_tokens_per_s_median"]
+                       if ref else None)
+        ttfc = (f"{fmt(1e3 * row['time_to_first_code_s_median'])} / "
+                f"{fmt(ref and 1e3 * ref['time_to_first_code_s_median'])} ms")
         lines.append(f"| {level} | {fmt(row['per_request_tokens_per_s_median'])} | "
-                     f"{fmt(row['aggregate_tokens_per_s'])} | "
-                     f"{fmt(ref and ref['per_request_tokens_per_s_median'])} | "
-                     f"{fmt(ref and ref['aggregate_tokens_per_s'])} | {fmt(ratio, 2)} | "
+                     f"{fmt(ref and ref['per_request_tokens_per_s_median'])} | {fmt(per_request, 2)} | "
+                     f"{fmt(row['aggregate_tokens_per_s'])} | {fmt(ref and ref['aggregate_tokens_per_s'])} | "
+                     f"{fmt(ratio, 2)} | {ttfc} | "
                      f"{fmt(ref1 and ref1['aggregate_tokens_per_s'])} | {fmt(row['gpu_memory_mib'])} MiB |")
     lines.append("")
     lines.append(f"Tokens per second (one token = one mel code = 1/{CODES_PER_SECOND} s of audio), "

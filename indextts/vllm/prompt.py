@@ -1,14 +1,13 @@
-"""IndexTTS prompts in the form vLLM takes them: a mixed-mode embeddings prompt.
+"""IndexTTS prompts in the form vLLM takes them: placeholder ids plus one "voice" item.
 
 `build` turns (conditioning latents, text ids) into a `VLLMPrompt`; `for_vllm` gives vLLM
-its rendered form (`vllm.inputs.embeds_input`, an embeddings input in mixed mode):
+its rendered form (`indextts.vllm.multimodal.render`):
 
-- `prompt_embeds` [P + 1, D]: 32 conditioning latents (no position), then
-  `text_embedding([0] + ids + [1]) + text_pos_embedding[0..L+1]`, then one row vLLM ignores
-  (the start code is a real token there, embedded inside the model);
+- rows [P, D] float32: 32 conditioning latents (no position), then
+  `text_embedding([0] + ids + [1]) + text_pos_embedding[0..L+1]`, as the "voice" item's data;
 - `prompt_token_ids` `[1] * P + [8192]`: the original's fake HF input ids, which is what
-  vLLM's repetition penalty then covers (see `indextts/vllm/model.py`);
-- `is_token_ids` `[False] * P + [True]`.
+  vLLM's repetition penalty then covers (see `indextts/vllm/model.py`); the start code 8192 is
+  a real token, embedded inside the model.
 
 The two text tables are read from gpt.pth once and kept on the CPU (12001 + 602 rows, about
 60 MB in float32 for IndexTTS-1.5); the model on the GPU does not carry them.
