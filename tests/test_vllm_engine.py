@@ -199,6 +199,52 @@ def test_vllm_penalises_the_prompt_ids_it_sees(engine, loop, expected, sentences
         assert loop.run(codes_with_placeholder(52, i, ref))[0] != 52
 
 
+def test_prompts_reach_vllm_as_one_voice_item(engine, expected, sentences):
+    """The prompt is a multimodal item over the placeholder ids (what lets vLLM 0.26.0 use its V2
+    runner on GPUs), not a prompt-embeddings input; equal rows hash equal, others do not."""
+    from indextts.vllm.multimodal import MODALITY
+
+    model_config = engine.llm.vllm_config.model_config
+    assert model_config.is_multimodal_model and not model_config.enable_prompt_embeds
+    prompt = engine.prompt(expected["ref_a.cond_latents"], sentences[0])
+    rendered = prompt.for_vllm()
+    p = prompt.length
+    assert rendered["type"] == "multimodal"
+    assert rendered["prompt_token_ids"] == [1] * p + [8192]
+    (place,) = rendered["mm_placeholders"][MODALITY]
+    assert (place.offset, place.length) == (0, p)
+    same = engine.prompt(expected["ref_a.cond_latents"].clone(), list(sentences[0])).for_vllm()
+    other = engine.prompt(expected["ref_b.cond_latents"], sentences[0]).for_vllm()
+    assert same["mm_hashes"] == rendered["mm_hashes"] != other["mm_hashes"]
+
+
+def test_unrendered_voice_prompt_goes_through_the_processor(engine, loop, expected, sentences):
+    """`{"prompt_token_ids", "multi_modal_data": {"voice": rows}}` (vLLM's own processing path,
+    `IndexTTSMultiModalProcessor.apply`) gives the golden codes too; ids that do not match the
+    rows are refused."""
+    from vllm.sampling_params import RequestOutputKind
+
+    prompt = engine.prompt(expected["ref_b.cond_latents"], sentences[1])
+    params = engine.sampling_params(greedy("rp10"))
+    params.output_kind = RequestOutputKind.FINAL_ONLY
+
+    async def codes(token_ids, name):
+        raw = {"prompt_token_ids": token_ids, "multi_modal_data": {"voice": prompt.embeds}}
+        out = [o async for o in engine.llm.generate(raw, params, name)]
+        return list(out[-1].outputs[0].token_ids)
+
+    assert loop.run(codes([1] * prompt.length + [8192], "unrendered")) == \
+        expected["s1.ref_b.rp10.codes_raw"].flatten().tolist()
+    with pytest.raises(Exception) as refused:       # vLLM wraps it in EngineGenerateError
+        loop.run(codes([1] * (prompt.length - 1) + [8192], "unrendered-short"))
+    chain, messages = refused.value, []
+    while chain is not None:
+        messages.append(str(chain))
+        chain = chain.__cause__ or chain.__context__
+    assert any("prompt_token_ids must be" in m for m in messages), messages
+    assert engine.num_active_streams() == 0
+
+
 # -- concurrency, options, cancellation --------------------------------------------------------------
 
 def _texts(sentences) -> list[tuple[int, ...]]:
@@ -371,6 +417,7 @@ def test_bad_requests_raise_before_reaching_vllm(engine, loop, expected, sentenc
 def test_compiled_engine_matches_golden_on_gpu(loop, expected, sentences):
     eng = _start(loop, dtype="float32", enforce_eager=False, gpu_memory_utilization=0.2, max_num_seqs=16)
     try:
+        assert eng.llm.vllm_config.use_v2_model_runner      # vLLM 0.26.0's default for plain models
         async def all_runs():
             return await asyncio.gather(*(collect(eng, expected[f"{r}.cond_latents"], sentences[i], greedy(p))
                                           for i, r, p in RUNS))

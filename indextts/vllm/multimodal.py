@@ -155,5 +155,5 @@ class IndexTTSMultiModalProcessor(BaseMultiModalProcessor[IndexTTSProcessingInfo
                 raise ValueError("IndexTTS prompts are token ids, not text")
         elif list(prompt) != prompt_token_ids(rows.size(0), start_code):
             raise ValueError(f"prompt_token_ids must be [{PLACEHOLDER_ID}] * P + [{start_code}] with P = "
-                             f"{rows.size(0)}, the number of prompt rows")
+                             f"{rows.size(0)}, the number of prompt rows; got {len(prompt)} ids ending {list(prompt)[-3:]}")
         return render(rows, start_code)
