@@ -202,8 +202,8 @@ class TorchGPTStage:
             latents = compute_latents(self.model, cond, segment.ids, result.codes, prompt=prompt)
         return CodeChunk(codes=result.codes, latents=latents.float().cpu(), final=True, stopped=result.stopped)
 
-    async def generate(self, voice: VoiceSpec, segment: Segment,
-                       options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions(),
+                       partial: bool = True) -> AsyncIterator[CodeChunk]:
         self.check_options(segment, options)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -222,11 +222,11 @@ class TorchGPTStage:
                     break
                 if code != self.cfg.stop_mel_token or options.ignore_stop:
                     pending.append(code)
-                if len(pending) >= CODE_CHUNK:
+                if partial and len(pending) >= CODE_CHUNK:
                     yield CodeChunk(codes=torch.tensor(pending, dtype=torch.long))
                     pending = []
             final = await future
-            if pending:
+            if partial and pending:
                 yield CodeChunk(codes=torch.tensor(pending, dtype=torch.long))
             yield final
         finally:

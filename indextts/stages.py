@@ -51,9 +51,10 @@ class FrontendStage(Protocol):
 
 
 class GPTStage(Protocol):
-    def generate(self, voice: VoiceSpec, segment: Segment,
-                 options: SamplingOptions) -> AsyncIterator[CodeChunk]:
-        """Codes as they are produced; the final chunk carries the segment's latents."""
+    def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions,
+                 partial: bool = True) -> AsyncIterator[CodeChunk]:
+        """Codes as they are produced; the final chunk carries the segment's latents (and every
+        code). `partial=False`: the final chunk only, for callers that do not stream codes."""
         ...
 
 

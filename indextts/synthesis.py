@@ -35,7 +35,7 @@ async def collect_segment(gpt: GPTStage, voice: VoiceSpec, segment: Segment,
                           options: SamplingOptions) -> SegmentCodes:
     """Drain one segment's code stream; the final chunk carries every code and the latents."""
     final: Optional[CodeChunk] = None
-    gen = gpt.generate(voice, segment, options)
+    gen = gpt.generate(voice, segment, options, partial=False)
     try:
         async for chunk in gen:
             if chunk.final:

@@ -39,11 +39,10 @@ class GPT:
         `partial=False` sends only the final chunk (one message instead of one per chunk)."""
         if self.forced_codes:
             options = dataclasses.replace(options, max_codes=self.forced_codes, ignore_stop=True)
-        codes = self.stage.generate(voice, segment, options)
+        codes = self.stage.generate(voice, segment, options, partial=partial)
         try:
             async for chunk in codes:
-                if partial or chunk.final:
-                    yield chunk
+                yield chunk
         except asyncio.CancelledError:
             logger.info("segment cancelled by its caller; aborting its generation")
             raise

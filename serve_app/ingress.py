@@ -45,10 +45,10 @@ class _GPTClient:
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle.options(stream=True)
 
-    async def generate(self, voice: VoiceSpec, segment: Segment,
-                       options: SamplingOptions) -> AsyncIterator[CodeChunk]:
-        # The synthesizer only needs each segment's final chunk (all codes + latents).
-        responses = self.handle.generate.remote(voice, segment, options, partial=False)
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions,
+                       partial: bool = True) -> AsyncIterator[CodeChunk]:
+        # The synthesizer asks for each segment's final chunk only (all codes + latents).
+        responses = self.handle.generate.remote(voice, segment, options, partial=partial)
         finished = False
         try:
             async for chunk in responses:

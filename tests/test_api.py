@@ -66,7 +66,7 @@ class FakeGPT:
             with open(self.log, "a") as f:
                 f.write(json.dumps(event) + "\n")
 
-    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions):
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions, partial: bool = True):
         if any("broken" in r for r in voice.references):
             raise AudioError("reference audio is silent")
         if segment.text.startswith("crash"):

@@ -223,6 +223,12 @@ def test_closing_a_torch_segment_stream_stops_its_worker(tts, monkeypatch):
     full = tts.run(_collect(tts.gpt.generate(voice, Segment((3, 160, 26, 225, 99)), options)))
     assert len(full.codes) == 60
 
+    async def all_chunks(**kw):
+        return [c async for c in tts.gpt.generate(voice, Segment((3, 160, 26, 225, 99)), options, **kw)]
+    (only,) = tts.run(all_chunks(partial=False))      # the final chunk alone, equal to the streamed one
+    assert only.final and torch.equal(only.codes, full.codes) and torch.equal(only.latents, full.latents)
+    assert len(tts.run(all_chunks())) > 1
+
 
 async def _collect(gen):
     final = None

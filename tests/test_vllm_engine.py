@@ -396,6 +396,42 @@ def test_closing_the_stream_aborts_the_request(engine, loop, expected, sentences
     assert raw == expected["s0.ref_a.rp10.codes_raw"].flatten().tolist()
 
 
+def test_final_only_requests_match_streamed_ones_and_abort(engine, loop, expected, sentences):
+    """`partial=False` (what the synthesizer and the Serve ingress ask for): one chunk, equal to
+    the streamed request's final chunk; cancelling it still aborts the vLLM request."""
+    cond = expected["ref_b.cond_latents"]
+
+    async def only_final():
+        return [c async for c in engine.generate(cond, sentences[2], greedy("rp10"), partial=False)]
+    (chunk,) = loop.run(only_final())
+    raw, streamed = loop.run(collect(engine, cond, sentences[2], greedy("rp10")))
+    assert chunk.final and chunk.stopped == streamed.stopped
+    assert torch.equal(chunk.codes, streamed.codes)
+    torch.testing.assert_close(chunk.latents, streamed.latents, atol=0, rtol=0)
+    torch.testing.assert_close(chunk.latents, expected["s2.ref_b.rp10.latents"][0], atol=LATENT_ATOL, rtol=0)
+
+    async def cancel_while_running():
+        steps = engine.load.steps
+        long = greedy("rp1", ignore_stop=True)
+
+        async def consume():
+            async for _ in engine.generate(cond, sentences[0], long, partial=False):
+                pass
+        task = asyncio.ensure_future(consume())
+        while engine.load.steps - steps < 3:     # running, and nothing has been yielded yet
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return steps
+    steps_before = loop.run(cancel_while_running())
+    deadline = time.monotonic() + 10
+    while engine.num_running_requests() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.num_running_requests() == 0 and engine.num_active_streams() == 0
+    assert engine.load.steps - steps_before < 40, "the request ran on after the abort"
+
+
 def test_bad_requests_raise_before_reaching_vllm(engine, loop, expected, sentences):
     cond = expected["ref_a.cond_latents"]
     with pytest.raises(OptionsError):

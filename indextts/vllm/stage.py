@@ -50,13 +50,13 @@ class VLLMGPTStage:
             self._warm_up = asyncio.ensure_future(self.engine.warm_up())
         await asyncio.shield(self._warm_up)
 
-    async def generate(self, voice: VoiceSpec, segment: Segment,
-                       options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions(),
+                       partial: bool = True) -> AsyncIterator[CodeChunk]:
         check_segment_options(self.cfg, segment, options)
         await self.warm_up()
         loop = asyncio.get_running_loop()
         cond = await loop.run_in_executor(self._executor, self.conditioning, voice)
-        gen = self.engine.generate(cond, segment, options)
+        gen = self.engine.generate(cond, segment, options, partial=partial)
         try:
             async for chunk in gen:
                 yield chunk
