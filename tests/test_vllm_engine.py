@@ -432,6 +432,25 @@ def test_final_only_requests_match_streamed_ones_and_abort(engine, loop, expecte
     assert engine.load.steps - steps_before < 40, "the request ran on after the abort"
 
 
+def test_a_failed_warm_up_is_retried_not_kept(loop):
+    from indextts.vllm.stage import VLLMGPTStage
+
+    class FlakyEngine:
+        calls = 0
+
+        async def warm_up(self):
+            FlakyEngine.calls += 1
+            if FlakyEngine.calls == 1:
+                raise RuntimeError("transient")
+
+    stage = VLLMGPTStage(FlakyEngine(), conditioner=None)
+    with pytest.raises(RuntimeError, match="transient"):
+        loop.run(stage.warm_up())
+    loop.run(stage.warm_up())
+    loop.run(stage.warm_up())
+    assert FlakyEngine.calls == 2      # retried once after the failure, then kept
+
+
 def test_bad_requests_raise_before_reaching_vllm(engine, loop, expected, sentences):
     cond = expected["ref_a.cond_latents"]
     with pytest.raises(OptionsError):

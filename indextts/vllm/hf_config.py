@@ -16,7 +16,9 @@ Fields vLLM reads, and why they hold these values:
 - `rope_parameters.mrope_section`: switches vLLM's M-RoPE position path on (`uses_mrope`), which
   is how every request gets its own mel positions (see `indextts/vllm/model.py`). No rotary
   embedding is ever computed; the section sizes are never read by our model.
-- `attention_head_size`: the head size given to vLLM's attention, `head_dim` rounded up to a
+- `head_dim`: the model's real head size (vLLM reads it as the model's head size).
+- `attention_head_size`: read by our model only, not by vLLM: the head size our `Attention`
+  layers are built with (vLLM sizes the KV cache from the layers), `head_dim` rounded up to a
   multiple of 32. vLLM's CPU attention kernels take head sizes from 32 up (0.27.1
   `CPUAttentionBackend.get_supported_head_sizes`; head size 16 fails with "Unsupported CPU
   attention configuration: head_dim=16"); the real checkpoints have 64 and are

@@ -45,8 +45,11 @@ class VLLMGPTStage:
         return self.engine.config
 
     async def warm_up(self) -> None:
-        """Compile what vLLM compiles on first use (once; later calls wait for the first)."""
-        if self._warm_up is None:
+        """Compile what vLLM compiles on first use (once; later calls wait for the first). A
+        warm-up that failed or was cancelled is run again by the next call, not kept."""
+        failed = self._warm_up is not None and self._warm_up.done() and (
+            self._warm_up.cancelled() or self._warm_up.exception() is not None)
+        if self._warm_up is None or failed:
             self._warm_up = asyncio.ensure_future(self.engine.warm_up())
         await asyncio.shield(self._warm_up)
 
