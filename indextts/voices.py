@@ -120,6 +120,7 @@ class VoiceRegistry:
         self._lock = threading.Lock()
         self._presets: dict[str, tuple[str, ...]] = {}
         self._presets_stamp: Optional[tuple[int, int]] = None
+        self._broken_stamp: Optional[tuple[int, int]] = None
         self._specs: dict[tuple, VoiceSpec] = {}
         self._load_presets(strict=True)
 
@@ -157,17 +158,19 @@ class VoiceRegistry:
         except FileNotFoundError:
             stamp = None
         with self._lock:
-            if stamp == self._presets_stamp:
+            if stamp == self._presets_stamp or (stamp is not None and stamp == self._broken_stamp):
                 return self._presets
         if stamp is None:
             presets: dict[str, tuple[str, ...]] = {}
         else:
             try:
                 presets = self._read_presets()
-            except VoiceError:
+            except VoiceError as e:
                 if strict:
                     raise
-                logger.exception("keeping the previous presets: %s is invalid", self.presets_path)
+                with self._lock:      # said once per broken version of the file, not per request
+                    self._broken_stamp = stamp
+                logger.error("keeping the previous presets: %s", e)
                 return self._presets
         with self._lock:
             self._presets, self._presets_stamp = presets, stamp
