@@ -129,7 +129,8 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
         "model": str(path), "skip_tokenizer_init": True, "dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,
         "max_num_seqs": max(levels), "seed": 0,
         # vLLM 0.26.0 runs embeddings prompts on its V1 model runner only; enabling them here puts
-        # the stock model on the same runner, separating the runner's cost from our model's.
+        # the stock model on that runner (`--engine stock-v1`): what V1 costs by itself (our
+        # engine ran there while its prompts were embeddings inputs).
         "enable_prompt_embeds": v1_runner, **(engine_args or {})}))
     startup = time.perf_counter() - started
     prompt = {"prompt_token_ids": [1] * (prompt_len - 1) + [8192]}
