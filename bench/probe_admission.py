@@ -16,6 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import json
 import statistics
 import time
@@ -59,7 +64,8 @@ async def one(generate, codes: int) -> dict:
     return row
 
 
-async def levels_of(generate, levels, codes, profile_to: str | None = None) -> list[dict]:
+async def levels_of(generate, levels, codes, profile_to: str | None = None,
+                    spy_to: str | None = None) -> list[dict]:
     for n in sorted({2 ** k for k in range(max(levels).bit_length())} | {max(levels)}):   # warm-up
         await asyncio.gather(*(one(generate, codes) for _ in range(n)))
     out = []
@@ -69,6 +75,15 @@ async def levels_of(generate, levels, codes, profile_to: str | None = None) -> l
             import cProfile
             prof = cProfile.Profile()
             prof.enable()
+        spy = None
+        if spy_to and level == max(levels):
+            # Sampled Python stacks of this process and vLLM's (engine core, workers), collapsed
+            # ("raw") format: where the engine core's step time goes, per function.
+            exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            spy = subprocess.Popen([exe, "record", "--pid", str(os.getpid()), "--subprocesses",
+                                    "--nonblocking", "--rate", "250", "--format", "raw", "-o", spy_to],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            time.sleep(1.0)     # py-spy attaches
         gc_before = [s["collections"] for s in gc.get_stats()]
         cpu = time.process_time()
         start = time.monotonic()
@@ -77,6 +92,9 @@ async def levels_of(generate, levels, codes, profile_to: str | None = None) -> l
                    "frontend_cpu_s": time.process_time() - cpu,
                    "gc_collections": [s["collections"] - b for s, b in zip(gc.get_stats(), gc_before)],
                    **summarize(rows)}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)     # py-spy writes its file when interrupted
+            spy.wait(timeout=60)
         if prof is not None:
             import io
             import pstats
@@ -110,6 +128,8 @@ def main() -> int:
     p.add_argument("--final-only", action="store_true",
                    help="vLLM returns each request's output once, at its end (engine speed without per-step output "
                         "handling); the wrapper is skipped")
+    p.add_argument("--py-spy-dir", help="py-spy the frontend and vLLM's processes at the largest level "
+                   "(needs py-spy; in bench/gpu-extra.txt)")
     p.add_argument("--profile-dir", help="cProfile the frontend at the largest level, one file per path")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     args = p.parse_args()
@@ -146,7 +166,8 @@ def main() -> int:
 
     async def ours():
         prof = (lambda name: f"{args.profile_dir}/{name}.txt") if args.profile_dir else (lambda name: None)
-        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, args.codes, prof("ours_raw"))
+        spy = (lambda name: f"{args.py_spy_dir}/spy_{name}.txt") if args.py_spy_dir else (lambda name: None)
+        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, args.codes, prof("ours_raw"), spy("ours_raw"))
         if not args.final_only:
             result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, args.codes, prof("ours_wrapper"))
         engine.shutdown()
@@ -172,7 +193,8 @@ def main() -> int:
             return llm.generate(stock_prompt, params(), f"stock-{next(counter)}")
 
         async def run_stock():
-            result["runs"]["stock"] = await levels_of(stock, args.levels, args.codes)
+            result["runs"]["stock"] = await levels_of(stock, args.levels, args.codes,
+                                                      spy_to=f"{args.py_spy_dir}/spy_stock.txt" if args.py_spy_dir else None)
             llm.shutdown()
         asyncio.new_event_loop().run_until_complete(run_stock())
         write_json(args.out, result)
