@@ -28,6 +28,10 @@ from pathlib import Path
 
 from common import write_json
 
+# The GPU machine's bundle keeps no console scripts: carry py-spy's binary there in .tools/
+# (`unzip -j py_spy-*.whl '*/scripts/py-spy' -d .tools`, then `carry: [".tools"]`).
+TOOLS = Path(__file__).resolve().parent.parent / ".tools"
+
 
 def _median(xs):
     xs = [x for x in xs if x is not None]
@@ -79,7 +83,7 @@ async def levels_of(generate, levels, codes, profile_to: str | None = None,
         if spy_to and level == max(levels):
             # Sampled Python stacks of this process and vLLM's (engine core, workers), collapsed
             # ("raw") format: where the engine core's step time goes, per function.
-            exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            exe = shutil.which("py-spy") or str(TOOLS / "py-spy")
             spy = subprocess.Popen([exe, "record", "--pid", str(os.getpid()), "--subprocesses",
                                     "--nonblocking", "--rate", "250", "--format", "raw", "-o", spy_to],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -129,7 +133,7 @@ def main() -> int:
                    help="vLLM returns each request's output once, at its end (engine speed without per-step output "
                         "handling); the wrapper is skipped")
     p.add_argument("--py-spy-dir", help="py-spy the frontend and vLLM's processes at the largest level "
-                   "(needs py-spy; in bench/gpu-extra.txt)")
+                   "(py-spy on PATH or in .tools/)")
     p.add_argument("--profile-dir", help="cProfile the frontend at the largest level, one file per path")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     args = p.parse_args()
