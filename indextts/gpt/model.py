@@ -31,6 +31,21 @@ from indextts.gpt.perceiver import PerceiverResampler
 
 TextIds = Union[Sequence[int], torch.Tensor]   # BPE ids of one segment, [L], no start/stop
 
+
+def bounded_text_ids(cfg: GPTConfig, text_ids: TextIds) -> list[int]:
+    """[start] + ids + [stop]; any start/stop ids inside the text are dropped first (the
+    original does this for the prompt). Plain Python: the vLLM engine builds prompts with it in
+    a process where small torch CPU ops are costly (`indextts.vllm.prompt.PromptBuilder`)."""
+    flat = text_ids.reshape(-1).tolist() if isinstance(text_ids, torch.Tensor) else list(text_ids)
+    ids = [int(i) for i in flat if i != cfg.start_text_token and i != cfg.stop_text_token]
+    if ids and (min(ids) < 0 or max(ids) >= cfg.text_vocab_size):
+        raise TextError(f"text ids must lie in [0, {cfg.text_vocab_size}); got {min(ids)}..{max(ids)}; "
+                        "was the text tokenized with this checkpoint's bpe.model?")
+    if len(ids) + 2 > cfg.text_positions:
+        raise TextError(f"segment has {len(ids)} text tokens; this checkpoint takes at most "
+                        f"{cfg.text_positions - 2} per segment. Split the text into shorter segments")
+    return [cfg.start_text_token, *ids, cfg.stop_text_token]
+
 MEL_BINS = 100
 LAYER_NORM_EPS = 1e-5
 
@@ -213,20 +228,8 @@ class UnifiedVoice(Conditioner):
     # -- embeddings -------------------------------------------------------------------------
 
     def text_ids_with_bounds(self, text_ids: TextIds) -> torch.Tensor:
-        """[start] + ids + [stop] as int64 [L + 2]; any start/stop ids inside the text are
-        dropped first (the original does this for the prompt)."""
-        ids = torch.as_tensor(text_ids, dtype=torch.long, device=self.device).reshape(-1)
-        ids = ids[(ids != self.cfg.start_text_token) & (ids != self.cfg.stop_text_token)]
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.text_vocab_size):
-            raise TextError(f"text ids must lie in [0, {self.cfg.text_vocab_size}); got "
-                            f"{int(ids.min())}..{int(ids.max())}; was the text tokenized with this "
-                            f"checkpoint's bpe.model?")
-        if ids.numel() + 2 > self.cfg.text_positions:
-            raise TextError(f"segment has {ids.numel()} text tokens; this checkpoint takes at most "
-                            f"{self.cfg.text_positions - 2} per segment. Split the text into shorter segments")
-        start = ids.new_tensor([self.cfg.start_text_token])
-        stop = ids.new_tensor([self.cfg.stop_text_token])
-        return torch.cat([start, ids, stop])
+        """`bounded_text_ids` as int64 [L + 2] on the model's device."""
+        return torch.tensor(bounded_text_ids(self.cfg, text_ids), dtype=torch.long, device=self.device)
 
     def embed_text(self, text_ids: TextIds) -> torch.Tensor:
         """BPE ids [L] (no start/stop) -> text embeddings with text positions [L + 2, D]."""

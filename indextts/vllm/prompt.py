@@ -23,7 +23,8 @@ import torch
 
 from indextts.checkpoint import CheckpointInfo, read_state_dict
 from indextts.config import GPTConfig
-from indextts.errors import CheckpointError, TextError, VoiceError
+from indextts.errors import CheckpointError, VoiceError
+from indextts.gpt.model import bounded_text_ids
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,20 +77,6 @@ class PromptBuilder:
         return cls(info.config.gpt, sd["text_embedding.weight"].clone(),
                    sd["text_pos_embedding.emb.weight"].clone())
 
-    def text_ids(self, ids: Sequence[int]) -> np.ndarray:
-        """[start] + ids + [stop] as int64 [L + 2]; start/stop ids inside the text are dropped
-        first, as the original does."""
-        cfg = self.cfg
-        t = np.asarray(ids.tolist() if isinstance(ids, torch.Tensor) else list(ids), dtype=np.int64).reshape(-1)
-        t = t[(t != cfg.start_text_token) & (t != cfg.stop_text_token)]
-        if t.size and (int(t.min()) < 0 or int(t.max()) >= cfg.text_vocab_size):
-            raise TextError(f"text ids must lie in [0, {cfg.text_vocab_size}); got {int(t.min())}..{int(t.max())}. "
-                            "Was the text tokenized with this checkpoint's bpe.model?")
-        if t.size + 2 > cfg.text_positions:
-            raise TextError(f"segment has {t.size} text tokens; this checkpoint takes at most "
-                            f"{cfg.text_positions - 2} per segment. Split the text into shorter segments")
-        return np.concatenate([[cfg.start_text_token], t, [cfg.stop_text_token]]).astype(np.int64)
-
     def build(self, cond_latents: torch.Tensor, ids: Sequence[int]) -> VLLMPrompt:
         """cond_latents: [1, 32, D] (or [32, D]); ids: BPE ids of one segment [L]."""
         cfg = self.cfg
@@ -100,7 +87,7 @@ class PromptBuilder:
                              f"{list(shape)}; compute them with this checkpoint's get_conditioning")
         cond = cond_latents.detach().reshape(want).cpu()
         cond = cond.numpy() if cond.dtype == torch.float32 else cond.float().numpy()
-        t = self.text_ids(ids)
+        t = np.asarray(bounded_text_ids(cfg, ids), dtype=np.int64)
         rows = np.empty((want[0] + t.size, cfg.model_dim), dtype=np.float32)
         rows[:want[0]] = cond
         np.add(self.text_embedding[t], self.text_positions[:t.size], out=rows[want[0]:])
