@@ -259,10 +259,12 @@ class VocoderEngineStage:
     Concurrent `vocode()` calls are batched: while one BigVGAN call runs, new segments queue and
     go together in the next (at most `max_batch` per call). A BigVGAN call costs about the same
     host time whatever its batch (~1,000 kernel launches), so batching is what lets concurrent
-    streams share the vocoder. Items of equal length are stacked (exact: a batched result equals
-    the unbatched one). With `mixed_length_batches`, items of different lengths share a call too,
-    right-padded with per-item lengths (`BigVGAN.forward(..., lengths)`): equal to the unbatched
-    result up to floating-point summation order (~1e-6), not bit for bit, hence opt-in."""
+    streams share the vocoder. Items of equal length are stacked, no padding; a batched
+    convolution may still sum in another order than an unbatched one, so results can differ in
+    the last float bit (at most one int16 step after conversion, tests/test_pipeline.py). With
+    `mixed_length_batches`, items of different lengths share a call too, right-padded with
+    per-item lengths (`BigVGAN.forward(..., lengths)`): equal to the unbatched result within
+    ~1e-6, but padded calls are a different computation from the unpadded one, hence opt-in."""
 
     def __init__(self, model, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64,
                  max_workers: int = 2, max_batch: int = 32, mixed_length_batches: bool = False):
@@ -325,9 +327,8 @@ class VocoderEngineStage:
         for idx in self._groups(latents):
             lengths = [latents[i].shape[0] for i in idx]
             spk = torch.cat([self.speaker_embedding(voices[i]) for i in idx])               # [B, 1, S]
-            lat = torch.zeros(len(idx), max(lengths), latents[idx[0]].shape[1], device=self.device, dtype=self.dtype)
-            for row, i in enumerate(idx):
-                lat[row, :lengths[row]] = latents[i]                                         # right-padded
+            lat = torch.nn.utils.rnn.pad_sequence([latents[i] for i in idx], batch_first=True)  # right-padded
+            lat = lat.to(self.device, self.dtype)                                            # [B, n_max, D]
             padded = len(set(lengths)) > 1
             wav = self.model(lat, spk, torch.tensor(lengths) if padded else None)[:, 0].float().cpu()
             for row, i in enumerate(idx):

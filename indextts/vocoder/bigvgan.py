@@ -85,7 +85,7 @@ class _Valid:
     [B] and the `pad` mask [B, 1, T] (True past each item's end), built once per resolution."""
 
     def __init__(self, lengths: torch.Tensor, steps: int):
-        self.lengths = lengths
+        self.lengths = lengths.to(torch.int32)      # the fused activation's type: no cast per call
         self.pad = (torch.arange(steps, device=lengths.device) >= lengths[:, None])[:, None, :]
 
     def upsampled(self, rate: int) -> "_Valid":
