@@ -26,6 +26,8 @@ from pathlib import Path
 
 from common import gpu_memory_mib, write_json
 
+from indextts.vllm.engine import batch_size_buckets
+
 LEVELS = (1, 4, 8, 16, 32, 64, 256)
 
 
@@ -57,7 +59,7 @@ async def run_levels(submit, levels, codes: int, on_row=lambda rows: None) -> li
 
     # Warm-up at the batch sizes where vLLM compiles kernels on first use (its top-k/top-p
     # sampler is JIT-compiled per batch-size bucket): every power of two up to the largest level.
-    for n in sorted({2 ** k for k in range(max(levels).bit_length())} | {max(levels)}):
+    for n in batch_size_buckets(max(levels)):
         await asyncio.gather(*(one(time.perf_counter()) for _ in range(n)))
     results = []
     for level in levels:
@@ -111,12 +113,11 @@ def run_loop(main):
         loop.close()
 
 
-def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
-          work_dir: str, v1_runner: bool = False, save=lambda run: None, engine_args: dict | None = None) -> dict:
+def stock_checkpoint(model_dim: int, layers: int, heads: int, work_dir: str) -> Path:
+    """A plain Hugging Face GPT-2 of IndexTTS's GPT size and code vocabulary, random, bfloat16
+    (written once under `work_dir`)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
     path = Path(work_dir) / "gpt2-stock"
     if not (path / "config.json").exists():
@@ -124,6 +125,15 @@ def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_le
                          bos_token_id=8192, eos_token_id=8193, activation_function="gelu_new")
         torch.manual_seed(0)
         GPT2LMHeadModel(cfg).to(torch.bfloat16).save_pretrained(path)
+    return path
+
+
+def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
+          work_dir: str, v1_runner: bool = False, save=lambda run: None, engine_args: dict | None = None) -> dict:
+    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    path = stock_checkpoint(model_dim, layers, heads, work_dir)
     started = time.perf_counter()
     llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**{
         "model": str(path), "skip_tokenizer_init": True, "dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,

@@ -25,8 +25,11 @@ import json
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from common import write_json
+
+from indextts.vllm.engine import batch_size_buckets
 
 # The GPU machine's bundle keeps no console scripts: carry py-spy's binary there in .tools/
 # (`unzip -j py_spy-*.whl '*/scripts/py-spy' -d .tools`, then `carry: [".tools"]`).
@@ -45,7 +48,7 @@ def summarize(rows: list[dict]) -> dict:
             for k in keys}
 
 
-async def one(generate, codes: int) -> dict:
+async def one(generate) -> dict:
     call = time.monotonic()
     first_seen = None
     gaps, last = [], None
@@ -68,10 +71,10 @@ async def one(generate, codes: int) -> dict:
     return row
 
 
-async def levels_of(generate, levels, codes, profile_to: str | None = None,
+async def levels_of(generate, levels, profile_to: str | None = None,
                     spy_to: str | None = None) -> list[dict]:
-    for n in sorted({2 ** k for k in range(max(levels).bit_length())} | {max(levels)}):   # warm-up
-        await asyncio.gather(*(one(generate, codes) for _ in range(n)))
+    for n in batch_size_buckets(max(levels)):      # warm-up, as bench_decode.py
+        await asyncio.gather(*(one(generate) for _ in range(n)))
     out = []
     for level in levels:
         prof = None
@@ -91,7 +94,7 @@ async def levels_of(generate, levels, codes, profile_to: str | None = None,
         gc_before = [s["collections"] for s in gc.get_stats()]
         cpu = time.process_time()
         start = time.monotonic()
-        rows = await asyncio.gather(*(one(generate, codes) for _ in range(level)))
+        rows = await asyncio.gather(*(one(generate) for _ in range(level)))
         summary = {"concurrency": level, "wall_s": time.monotonic() - start,
                    "frontend_cpu_s": time.process_time() - cpu,
                    "gc_collections": [s["collections"] - b for s, b in zip(gc.get_stats(), gc_before)],
@@ -113,13 +116,9 @@ async def levels_of(generate, levels, codes, profile_to: str | None = None,
     return out
 
 
-class _Wrapped:
-    """Our wrapper's chunks, shaped like RequestOutputs for `one` (no vLLM metrics)."""
-
-    def __init__(self, chunk):
-        class _O:
-            token_ids = chunk.codes.tolist() if not chunk.final else []
-        self.outputs = [_O]
+def _as_output(chunk) -> SimpleNamespace:
+    """One of our wrapper's chunks, shaped like a RequestOutput for `one` (no vLLM metrics)."""
+    return SimpleNamespace(outputs=[SimpleNamespace(token_ids=[] if chunk.final else chunk.codes.tolist())])
 
 
 def main() -> int:
@@ -166,28 +165,24 @@ def main() -> int:
 
     async def wrapped():
         async for chunk in engine.generate(cond, ids, options):
-            yield _Wrapped(chunk)
+            yield _as_output(chunk)
 
     async def ours():
         prof = (lambda name: f"{args.profile_dir}/{name}.txt") if args.profile_dir else (lambda name: None)
         spy = (lambda name: f"{args.py_spy_dir}/spy_{name}.txt") if args.py_spy_dir else (lambda name: None)
-        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, args.codes, prof("ours_raw"), spy("ours_raw"))
+        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, prof("ours_raw"), spy("ours_raw"))
         if not args.final_only:
-            result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, args.codes, prof("ours_wrapper"))
+            result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, prof("ours_wrapper"))
         engine.shutdown()
     asyncio.new_event_loop().run_until_complete(ours())
     write_json(args.out, result)
 
     if args.stock:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from bench_decode import stock_checkpoint
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
-        path = Path("/var/tmp/gpt2-stock")
-        if not (path / "config.json").exists():
-            c = engine.config
-            cfg = GPT2Config(vocab_size=8194, n_positions=2048, n_embd=c.model_dim, n_layer=c.layers, n_head=c.heads,
-                             bos_token_id=8192, eos_token_id=8193, activation_function="gelu_new")
-            GPT2LMHeadModel(cfg).to(torch.bfloat16).save_pretrained(path)
+        c = engine.config
+        path = stock_checkpoint(c.model_dim, c.layers, c.heads, "/var/tmp")
         llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
             model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=max(args.levels), seed=0))
@@ -197,7 +192,7 @@ def main() -> int:
             return llm.generate(stock_prompt, params(), f"stock-{next(counter)}")
 
         async def run_stock():
-            result["runs"]["stock"] = await levels_of(stock, args.levels, args.codes,
+            result["runs"]["stock"] = await levels_of(stock, args.levels,
                                                       spy_to=f"{args.py_spy_dir}/spy_stock.txt" if args.py_spy_dir else None)
             llm.shutdown()
         asyncio.new_event_loop().run_until_complete(run_stock())

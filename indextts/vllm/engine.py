@@ -92,6 +92,12 @@ class LatentStats:
                      segments, codes, 1e3 * worker_s, 1e3 * round_trip_s)
 
 
+def batch_size_buckets(most: int) -> list[int]:
+    """Every power of two below `most`, and `most`: the batch sizes at which vLLM's GPU sampler
+    compiles a kernel on first use (see `VLLMEngine.warm_up`)."""
+    return sorted({2 ** k for k in range(most.bit_length())} | {most})
+
+
 def _stat_logger_factory(load: EngineLoad):
     """A vLLM per-engine stat logger factory that copies the scheduler counts into `load`."""
     from vllm.v1.metrics.loggers import StatLoggerBase
@@ -160,7 +166,6 @@ class VLLMEngine:
         self._active: set[str] = set()
         self._latent_queue = BatchQueue(self._latent_call, max_batch=LATENT_BATCH)
         self.latent_stats = LatentStats()
-        self.dtype: torch.dtype = llm.vllm_config.model_config.dtype
 
     @classmethod
     def create(cls, model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
@@ -323,8 +328,7 @@ class VLLMEngine:
         most = self._llm.vllm_config.scheduler_config.max_num_seqs
         # The compiles happen on GPUs, per batch-size bucket: every power of two up to the most
         # sequences the engine decodes together. vLLM's CPU sampler compiles nothing: one will do.
-        sizes = [1] if current_platform.is_cpu() else [2 ** k for k in range(most.bit_length())] + [most]
-        for n in sorted(set(sizes)):
+        for n in [1] if current_platform.is_cpu() else batch_size_buckets(most):
             await asyncio.gather(*(one() for _ in range(n)))
 
     # -- state --------------------------------------------------------------------------------
