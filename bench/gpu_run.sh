@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One benchmark phase per call on the GPU machine (each fits the 10-minute call limit):
-#   bash bench/gpu_run.sh decode-ours|decode-ours-8k|decode-stock|decode-stock-v1|e2e|baseline|gpu-tests|vllm-tests|probe|probe-profile|spy|vocoder|parity|http
+#   bash bench/gpu_run.sh decode-ours|decode-ours-8k|decode-stock|decode-stock-v1|e2e|baseline|gpu-tests|vllm-tests|probe|probe-profile|spy|diagnose|vocoder|parity|http
 # Results and full logs go to $OUT (default bench/results/raw); the committed copies live in
 # bench/results/ and `python bench/report.py` turns them into the table and plots.
 set -o pipefail
@@ -28,6 +28,10 @@ case $phase in
   probe)           run python3 bench/probe_admission.py --stock --model-dir $CKPT --out "$OUT/probe.json" ;;
   probe-profile)   run python3 bench/probe_admission.py --levels 1 256 --codes 300 --profile-dir "$OUT" --model-dir $CKPT --out "$OUT/probe_profile.json" ;;
   spy)             run python3 bench/probe_admission.py --final-only --stock --levels 1 256 --codes 300 --py-spy-dir "$OUT" --model-dir $CKPT --out "$OUT/probe_spy.json"; python3 bench/spy_summary.py "$OUT"/spy_*.txt > "$OUT/spy_summary.txt" ;;
+  diagnose)        run python3 bench/probe_admission.py --final-only --stock --levels 1 256 --codes 300 --py-spy-dir "$OUT" --torch-profile-dir /var/tmp/trace --model-dir $CKPT --out "$OUT/probe_diagnose.json"
+                   python3 bench/spy_summary.py "$OUT"/spy_*.txt > "$OUT/spy_summary.txt"
+                   python3 bench/trace_summary.py /var/tmp/trace > "$OUT/trace_summary.txt"
+                   for d in /var/tmp/trace/*/; do cp "$d"/profiler_out_0.txt "$OUT/profiler_$(basename "$d").txt" 2>/dev/null; done ;;
   vllm-tests)      run python3 -m pytest -q -m gpu tests/test_vllm_engine.py ;;
   vocoder)         run python3 bench/bench_vocoder.py --profile --model-dir $CKPT --out "$OUT/vocoder.json" ;;
   http)            run python3 bench/bench_http.py --model-dir $CKPT --out "$OUT/http.json" ;;

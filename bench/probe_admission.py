@@ -72,7 +72,9 @@ async def one(generate) -> dict:
 
 
 async def levels_of(generate, levels, profile_to: str | None = None,
-                    spy_to: str | None = None) -> list[dict]:
+                    spy_to: str | None = None, traced=None) -> list[dict]:
+    """`traced`: an AsyncLLM built with `torch_profiler_config` whose profiler runs during the
+    largest level (it starts and stops itself by engine step count)."""
     for n in batch_size_buckets(max(levels)):      # warm-up, as bench_decode.py
         await asyncio.gather(*(one(generate) for _ in range(n)))
     out = []
@@ -91,6 +93,8 @@ async def levels_of(generate, levels, profile_to: str | None = None,
                                     "--nonblocking", "--rate", "250", "--format", "raw", "-o", spy_to],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             time.sleep(1.0)     # py-spy attaches
+        if traced is not None and level == max(levels):
+            await traced.start_profile()
         gc_before = [s["collections"] for s in gc.get_stats()]
         cpu = time.process_time()
         start = time.monotonic()
@@ -99,6 +103,8 @@ async def levels_of(generate, levels, profile_to: str | None = None,
                    "frontend_cpu_s": time.process_time() - cpu,
                    "gc_collections": [s["collections"] - b for s, b in zip(gc.get_stats(), gc_before)],
                    **summarize(rows)}
+        if traced is not None and level == max(levels):
+            await traced.stop_profile()
         if spy is not None:
             spy.send_signal(signal.SIGINT)     # py-spy writes its file when interrupted
             spy.wait(timeout=60)
@@ -114,6 +120,13 @@ async def levels_of(generate, levels, profile_to: str | None = None,
         print(json.dumps(summary), flush=True)
         out.append(summary)
     return out
+
+
+def torch_profiler_config(directory: str) -> dict:
+    """vLLM's torch profiler on the engine core: 30 steps from the 100th after start_profile
+    (steady decode at 300 codes), no Python stacks (they slow the step), no frontend trace."""
+    return {"profiler": "torch", "torch_profiler_dir": directory, "torch_profiler_with_stack": False,
+            "ignore_frontend": True, "delay_iterations": 100, "max_iterations": 30}
 
 
 def _as_output(chunk) -> SimpleNamespace:
@@ -133,6 +146,8 @@ def main() -> int:
                         "handling); the wrapper is skipped")
     p.add_argument("--py-spy-dir", help="py-spy the frontend and vLLM's processes at the largest level "
                    "(py-spy on PATH or in .tools/)")
+    p.add_argument("--torch-profile-dir", help="vLLM's torch profiler (GPU kernels and CPU ops of the engine core) "
+                   "over steps 100-130 of the largest level, one folder per engine, summarised by trace_summary.py")
     p.add_argument("--profile-dir", help="cProfile the frontend at the largest level, one file per path")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     args = p.parse_args()
@@ -152,8 +167,16 @@ def main() -> int:
                               repetition_penalty=10.0, detokenize=False,
                               output_kind=RequestOutputKind.FINAL_ONLY if args.final_only else RequestOutputKind.DELTA)
 
+    def profiler(name: str) -> dict:
+        if not args.torch_profile_dir:
+            return {}
+        from vllm.config import ProfilerConfig
+
+        return {"profiler_config": ProfilerConfig(**torch_profiler_config(f"{os.path.abspath(args.torch_profile_dir)}/{name}"))}
+
     engine = VLLMEngine.create(args.model_dir, dtype="bfloat16", gpu_memory_utilization=args.gpu_memory_utilization,
-                               max_num_seqs=max(args.levels))
+                               max_num_seqs=max(args.levels), **profiler("ours"))
+    traced = engine.llm if args.torch_profile_dir else None
     gen = torch.Generator().manual_seed(0)
     cond = torch.randn(1, 32, engine.config.model_dim, generator=gen) * 0.5
     ids = torch.randint(2, 500, (60,), generator=gen).tolist()
@@ -170,7 +193,7 @@ def main() -> int:
     async def ours():
         prof = (lambda name: f"{args.profile_dir}/{name}.txt") if args.profile_dir else (lambda name: None)
         spy = (lambda name: f"{args.py_spy_dir}/spy_{name}.txt") if args.py_spy_dir else (lambda name: None)
-        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, prof("ours_raw"), spy("ours_raw"))
+        result["runs"]["ours_raw"] = await levels_of(raw, args.levels, prof("ours_raw"), spy("ours_raw"), traced)
         if not args.final_only:
             result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, prof("ours_wrapper"))
         engine.shutdown()
@@ -185,7 +208,7 @@ def main() -> int:
         path = stock_checkpoint(c.model_dim, c.layers, c.heads, "/var/tmp")
         llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
             model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=args.gpu_memory_utilization,
-            max_num_seqs=max(args.levels), seed=0))
+            max_num_seqs=max(args.levels), seed=0, **profiler("stock")))
         stock_prompt = {"prompt_token_ids": [1] * prompt.length + [8192]}
 
         def stock():
@@ -193,7 +216,8 @@ def main() -> int:
 
         async def run_stock():
             result["runs"]["stock"] = await levels_of(stock, args.levels,
-                                                      spy_to=f"{args.py_spy_dir}/spy_stock.txt" if args.py_spy_dir else None)
+                                                      spy_to=f"{args.py_spy_dir}/spy_stock.txt" if args.py_spy_dir else None,
+                                                      traced=llm if args.torch_profile_dir else None)
             llm.shutdown()
         asyncio.new_event_loop().run_until_complete(run_stock())
         write_json(args.out, result)
