@@ -27,7 +27,7 @@ case $phase in
   gpu-tests)       run python3 -m pytest -q -m gpu tests/test_vocoder.py tests/test_pipeline.py ;;
   probe)           run python3 bench/probe_admission.py --stock --model-dir $CKPT --out "$OUT/probe.json" ;;
   probe-profile)   run python3 bench/probe_admission.py --levels 1 256 --codes 300 --profile-dir "$OUT" --model-dir $CKPT --out "$OUT/probe_profile.json" ;;
-  spy)             run python3 bench/probe_admission.py --final-only --stock --levels 1 256 --codes 300 --py-spy-dir "$OUT" --model-dir $CKPT --out "$OUT/probe_spy.json"; python3 bench/spy_summary.py "$OUT"/spy_*.txt > "$OUT/spy_summary.txt" ;;
+  spy)             run python3 bench/probe_admission.py --final-only --stock --levels 1 256 --codes 800 --py-spy-dir "$OUT" --model-dir $CKPT --out "$OUT/probe_spy.json"; python3 bench/spy_summary.py "$OUT"/spy_*.txt > "$OUT/spy_summary.txt" ;;
   diagnose)        run python3 bench/probe_admission.py --final-only --stock --levels 1 256 --codes 300 --py-spy-dir "$OUT" --torch-profile-dir /var/tmp/trace --model-dir $CKPT --out "$OUT/probe_diagnose.json"
                    python3 bench/spy_summary.py "$OUT"/spy_*.txt > "$OUT/spy_summary.txt"
                    python3 bench/trace_summary.py /var/tmp/trace > "$OUT/trace_summary.txt"

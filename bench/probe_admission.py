@@ -85,12 +85,12 @@ async def levels_of(generate, levels, profile_to: str | None = None,
             prof = cProfile.Profile()
             prof.enable()
         spy = None
-        if spy_to and level == max(levels):
+        if spy_to:
             # Sampled Python stacks of this process and vLLM's (engine core, workers), collapsed
             # ("raw") format: where the engine core's step time goes, per function.
             exe = shutil.which("py-spy") or str(TOOLS / "py-spy")
             spy = subprocess.Popen([exe, "record", "--pid", str(os.getpid()), "--subprocesses",
-                                    "--nonblocking", "--rate", "250", "--format", "raw", "-o", spy_to],
+                                    "--nonblocking", "--rate", "250", "--format", "raw", "-o", spy_to.format(level=level)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             time.sleep(1.0)     # py-spy attaches
         if traced is not None and level == max(levels):
@@ -144,7 +144,7 @@ def main() -> int:
     p.add_argument("--final-only", action="store_true",
                    help="vLLM returns each request's output once, at its end (engine speed without per-step output "
                         "handling); the wrapper is skipped")
-    p.add_argument("--py-spy-dir", help="py-spy the frontend and vLLM's processes at the largest level "
+    p.add_argument("--py-spy-dir", help="py-spy the frontend and vLLM's processes at each level (spy_<engine>_<level>.txt) "
                    "(py-spy on PATH or in .tools/)")
     p.add_argument("--torch-profile-dir", help="vLLM's torch profiler (GPU kernels and CPU ops of the engine core) "
                    "over steps 100-130 of the largest level, one folder per engine, summarised by trace_summary.py")
@@ -192,7 +192,7 @@ def main() -> int:
 
     async def ours():
         prof = (lambda name: f"{args.profile_dir}/{name}.txt") if args.profile_dir else (lambda name: None)
-        spy = (lambda name: f"{args.py_spy_dir}/spy_{name}.txt") if args.py_spy_dir else (lambda name: None)
+        spy = (lambda name: f"{args.py_spy_dir}/spy_{name}_{{level}}.txt") if args.py_spy_dir else (lambda name: None)
         result["runs"]["ours_raw"] = await levels_of(raw, args.levels, prof("ours_raw"), spy("ours_raw"), traced)
         if not args.final_only:
             result["runs"]["ours_wrapper"] = await levels_of(wrapped, args.levels, prof("ours_wrapper"))
@@ -216,7 +216,7 @@ def main() -> int:
 
         async def run_stock():
             result["runs"]["stock"] = await levels_of(stock, args.levels,
-                                                      spy_to=f"{args.py_spy_dir}/spy_stock.txt" if args.py_spy_dir else None,
+                                                      spy_to=f"{args.py_spy_dir}/spy_stock_{{level}}.txt" if args.py_spy_dir else None,
                                                       traced=llm if args.torch_profile_dir else None)
             llm.shutdown()
         asyncio.new_event_loop().run_until_complete(run_stock())
