@@ -43,7 +43,7 @@ def summarize(level: int, wall: float, per_request: list[tuple[float, float, int
             "time_to_first_code_s_median": statistics.median(ttft), "gpu_memory_mib": gpu_memory_mib()}
 
 
-async def run_levels(submit, levels, codes: int, on_row=lambda rows: None) -> list[dict]:
+async def run_levels(submit, levels, codes: int, on_row=lambda rows: None, warm: bool = True) -> list[dict]:
     """`submit()` is an async generator factory yielding the number of new codes per output."""
     async def one(start: float) -> tuple[float, float, int]:
         first = last = None
@@ -59,7 +59,7 @@ async def run_levels(submit, levels, codes: int, on_row=lambda rows: None) -> li
 
     # Warm-up at the batch sizes where vLLM compiles kernels on first use (its top-k/top-p
     # sampler is JIT-compiled per batch-size bucket): every power of two up to the largest level.
-    for n in batch_size_buckets(max(levels)):
+    for n in batch_size_buckets(max(levels)) if warm else ():
         await asyncio.gather(*(one(time.perf_counter()) for _ in range(n)))
     results = []
     for level in levels:
@@ -74,8 +74,13 @@ async def run_levels(submit, levels, codes: int, on_row=lambda rows: None) -> li
     return results
 
 
-def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, save=lambda run: None,
-         engine_args: dict | None = None) -> dict:
+def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, save=lambda runs: None,
+         engine_args: dict | None = None, modes=("raw", "wrapper")) -> list[dict]:
+    """Our engine, one run per mode on the same engine (warmed up once):
+    - "raw": our rendered prompt and our sampling parameters straight into vLLM's
+      `AsyncLLM.generate`, read exactly as the stock engine is read (model and engine alone);
+    - "wrapper": through `VLLMEngine.generate`, chunks as the serving stages get them (adds the
+      latent pass after the last code and the chunk handling in this process)."""
     import torch
 
     from indextts.types import SamplingOptions
@@ -89,20 +94,29 @@ def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, s
     cond = torch.randn(1, 32, engine.config.model_dim, generator=gen) * 0.5
     ids = torch.randint(2, 500, (text_tokens,), generator=gen).tolist()
     options = SamplingOptions(max_codes=codes, ignore_stop=True)
+    prompt = engine.prompt(cond, ids)
+    counter = iter(range(10**9))
 
-    async def submit():
+    async def wrapper():
         async for chunk in engine.generate(cond, ids, options):
             yield 0 if chunk.final else len(chunk.codes)
 
-    run = {"engine": "indextts-vllm", "startup_s": startup, "levels": [],
-           "model_runner": "v2" if engine.llm.vllm_config.use_v2_model_runner else "v1"}
+    async def raw():
+        async for out in engine.llm.generate(prompt.for_vllm(), engine.sampling_params(options), f"raw-{next(counter)}"):
+            yield len(out.outputs[0].token_ids)
+
+    runner = "v2" if engine.llm.vllm_config.use_v2_model_runner else "v1"
+    runs = [{"engine": "indextts-vllm" + ("-raw" if mode == "raw" else ""), "startup_s": startup, "levels": [],
+             "model_runner": runner} for mode in modes]
 
     async def main():
-        run["levels"] = await run_levels(submit, levels, codes, lambda rows: save(dict(run, levels=rows)))
+        for i, (mode, run) in enumerate(zip(modes, runs)):
+            run["levels"] = await run_levels(raw if mode == "raw" else wrapper, levels, codes,
+                                             lambda rows: save(runs[:i] + [dict(run, levels=rows)]), warm=i == 0)
         engine.shutdown()       # on the loop that vLLM's output task runs on
 
     run_loop(main)
-    return run
+    return runs
 
 
 def run_loop(main):
@@ -175,9 +189,11 @@ def main() -> int:
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra vLLM engine argument for the engine(s) run, VALUE as JSON "
                         "(e.g. max_num_batched_tokens=8192); repeatable")
-    p.add_argument("--engine", choices=["both", "ours", "stock", "stock-v1"], default="both",
-                   help="both = ours then stock, each in its own process; stock-v1 = stock GPT-2 on "
-                        "vLLM's V1 model runner (the one embeddings prompts need)")
+    p.add_argument("--engine", choices=["both", "ours", "ours-raw", "stock", "stock-v1"], default="both",
+                   help="both = ours then stock, each in its own process; ours = our engine read as stock "
+                        "is (vLLM's own outputs: indextts-vllm-raw), then through VLLMEngine.generate "
+                        "(indextts-vllm); ours-raw = the first only; stock-v1 = stock GPT-2 on vLLM's V1 "
+                        "model runner (the one embeddings prompts need)")
     args = p.parse_args()
 
     from indextts.config import IndexTTSConfig
@@ -204,9 +220,10 @@ def main() -> int:
     def save(run: dict) -> None:
         write_json(args.out, dict(results, runs=[run]))
 
-    if args.engine == "ours":
-        results["runs"].append(ours(args.model_dir, args.levels, args.codes, args.text_tokens,
-                                    args.gpu_memory_utilization, save, extra))
+    if args.engine in ("ours", "ours-raw"):
+        results["runs"] += ours(args.model_dir, args.levels, args.codes, args.text_tokens, args.gpu_memory_utilization,
+                                lambda runs: write_json(args.out, dict(results, runs=runs)), extra,
+                                modes=("raw",) if args.engine == "ours-raw" else ("raw", "wrapper"))
     elif args.engine in ("stock", "stock-v1"):
         results["runs"].append(stock(cfg.model_dim, cfg.layers, cfg.heads, args.levels, args.codes,
                                      32 + args.text_tokens + 2 + 1, args.gpu_memory_utilization, args.work_dir,
