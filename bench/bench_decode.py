@@ -8,9 +8,21 @@ sampling defaults (top-k 30, top-p 0.8, temperature 1, repetition penalty 10). P
 decode rate is (codes - 1) / (time of last code - time of first code); the aggregate rate is
 all codes over the wall time of the level (for our engine that includes the latent pass after the
 last code, which stock vLLM has no equivalent of), and `aggregate_decode_tokens_per_s` all codes
-over the time to the level's last code. Both engines run in their own top-level process
-(`--engine ours|stock`), one after the other, so each gets the same GPU memory share and vLLM's
-own subprocesses start from a plain `__main__`. GPU memory is read with nvidia-smi.
+over the time to the level's last code. GPU memory is read with nvidia-smi.
+
+`--engine paired` (the default, the comparison): both engines resident on the GPU at once (each
+with half of `--gpu-memory-utilization`), warmed up, then measured in turn level by level,
+`--repeats` times, the order alternating; the summary gives per level each engine's median over
+the repeats and the median and worst of the per-repeat ratios. Our engine is read exactly as
+stock vLLM is (`indextts-vllm-raw`: our rendered prompt and sampling parameters into
+`AsyncLLM.generate`, vLLM's own per-step outputs). Why paired: on the GPU machines one run of the
+same engine moves by up to a third at low concurrency from one run to the next (host-side jitter:
+each step there is a few milliseconds of Python), which swamps a 10% comparison between separate
+runs (bench/results/lease-2026-11-25/: stock 269 codes/s at 1 request and 446 at 8 in one run).
+
+`--engine ours|stock|both`: one engine per process, one pass over the levels; `ours` also reads
+our engine through `VLLMEngine.generate` (`indextts-vllm`: the chunks the serving stages get, the
+latent pass after the last code included in the level's wall time).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import gpu_memory_mib, write_json
@@ -43,40 +56,59 @@ def summarize(level: int, wall: float, per_request: list[tuple[float, float, int
             "time_to_first_code_s_median": statistics.median(ttft), "gpu_memory_mib": gpu_memory_mib()}
 
 
+async def warm_up(submit, most: int) -> None:
+    """Runs `n` requests at once for every power of two up to `most`: vLLM compiles kernels on
+    first use per batch-size bucket (its top-k/top-p sampler is JIT-compiled per bucket)."""
+    for n in batch_size_buckets(most):
+        await asyncio.gather(*(_one(submit, time.perf_counter()) for _ in range(n)))
+
+
+async def _one(submit, start: float) -> tuple[float, float, int]:
+    first = last = None
+    n = 0
+    async for k in submit():
+        now = time.perf_counter() - start
+        if k and first is None:
+            first = now
+        if k:
+            last = now
+        n += k
+    return first or 0.0, last or 0.0, n
+
+
+async def measure(submit, level: int, codes: int) -> dict:
+    """`level` requests at once; one summary row."""
+    start = time.perf_counter()
+    per_request = await asyncio.gather(*(_one(submit, start) for _ in range(level)))
+    row = summarize(level, time.perf_counter() - start, per_request)
+    assert all(n == codes for _, _, n in per_request), "a request ended early"
+    print(json.dumps(row), flush=True)
+    return row
+
+
 async def run_levels(submit, levels, codes: int, on_row=lambda rows: None, warm: bool = True) -> list[dict]:
     """`submit()` is an async generator factory yielding the number of new codes per output."""
-    async def one(start: float) -> tuple[float, float, int]:
-        first = last = None
-        n = 0
-        async for k in submit():
-            now = time.perf_counter() - start
-            if k and first is None:
-                first = now
-            if k:
-                last = now
-            n += k
-        return first or 0.0, last or 0.0, n
-
-    # Warm-up at the batch sizes where vLLM compiles kernels on first use (its top-k/top-p
-    # sampler is JIT-compiled per batch-size bucket): every power of two up to the largest level.
-    for n in batch_size_buckets(max(levels)) if warm else ():
-        await asyncio.gather(*(one(time.perf_counter()) for _ in range(n)))
+    if warm:
+        await warm_up(submit, max(levels))
     results = []
     for level in levels:
-        start = time.perf_counter()
-        per_request = await asyncio.gather(*(one(start) for _ in range(level)))
-        wall = time.perf_counter() - start
-        row = summarize(level, wall, per_request)
-        assert all(n == codes for _, _, n in per_request), "a request ended early"
-        print(json.dumps(row), flush=True)
-        results.append(row)
+        results.append(await measure(submit, level, codes))
         on_row(results)
     return results
 
 
-def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, save=lambda runs: None,
-         engine_args: dict | None = None, modes=("raw", "wrapper")) -> list[dict]:
-    """Our engine, one run per mode on the same engine (warmed up once):
+@dataclass
+class Engine:
+    name: str
+    submit: dict            # mode -> async generator factory (number of new codes per output)
+    shutdown: object
+    startup_s: float
+    model_runner: str
+
+
+def open_ours(model_dir: str, max_seqs: int, codes: int, text_tokens: int, gpu_mem: float,
+              engine_args: dict | None = None) -> Engine:
+    """Our engine, two ways to read it:
     - "raw": our rendered prompt and our sampling parameters straight into vLLM's
       `AsyncLLM.generate`, read exactly as the stock engine is read (model and engine alone);
     - "wrapper": through `VLLMEngine.generate`, chunks as the serving stages get them (adds the
@@ -88,7 +120,7 @@ def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, s
 
     started = time.perf_counter()
     engine = VLLMEngine.create(model_dir, **{"dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,
-                                             "max_num_seqs": max(levels), **(engine_args or {})})
+                                             "max_num_seqs": max_seqs, **(engine_args or {})})
     startup = time.perf_counter() - started
     gen = torch.Generator().manual_seed(0)
     cond = torch.randn(1, 32, engine.config.model_dim, generator=gen) * 0.5
@@ -105,18 +137,94 @@ def ours(model_dir: str, levels, codes: int, text_tokens: int, gpu_mem: float, s
         async for out in engine.llm.generate(prompt.for_vllm(), engine.sampling_params(options), f"raw-{next(counter)}"):
             yield len(out.outputs[0].token_ids)
 
-    runner = "v2" if engine.llm.vllm_config.use_v2_model_runner else "v1"
-    runs = [{"engine": "indextts-vllm" + ("-raw" if mode == "raw" else ""), "startup_s": startup, "levels": [],
-             "model_runner": runner} for mode in modes]
+    return Engine("indextts-vllm", {"raw": raw, "wrapper": wrapper}, engine.shutdown, startup,
+                  "v2" if engine.llm.vllm_config.use_v2_model_runner else "v1")
+
+
+def open_stock(model_dim: int, layers: int, heads: int, max_seqs: int, codes: int, prompt_len: int, gpu_mem: float,
+               work_dir: str, v1_runner: bool = False, engine_args: dict | None = None) -> Engine:
+    """Stock vLLM on a plain GPT-2 of the same size, prompt of the same length, same sampling."""
+    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    path = stock_checkpoint(model_dim, layers, heads, work_dir)
+    started = time.perf_counter()
+    llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**{
+        "model": str(path), "skip_tokenizer_init": True, "dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,
+        "max_num_seqs": max_seqs, "seed": 0,
+        # vLLM 0.26.0 runs embeddings prompts on its V1 model runner only; enabling them here puts
+        # the stock model on that runner (`--engine stock-v1`): what V1 costs by itself (our
+        # engine ran there while its prompts were embeddings inputs).
+        "enable_prompt_embeds": v1_runner, **(engine_args or {})}))
+    startup = time.perf_counter() - started
+    prompt = {"prompt_token_ids": [1] * (prompt_len - 1) + [8192]}
+    counter = iter(range(10**9))
+
+    async def submit():
+        params = SamplingParams(max_tokens=codes, ignore_eos=True, temperature=1.0, top_k=30, top_p=0.8,
+                                repetition_penalty=10.0, detokenize=False, output_kind=RequestOutputKind.DELTA)
+        async for out in llm.generate(prompt, params, f"stock-{next(counter)}"):
+            yield len(out.outputs[0].token_ids)
+
+    return Engine("stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), {"raw": submit}, llm.shutdown, startup,
+                  "v2" if llm.vllm_config.use_v2_model_runner else "v1")
+
+
+def run_engine(engine: Engine, modes, levels, codes: int, save=lambda runs: None) -> list[dict]:
+    """One run per mode on one engine (warmed up once), then the engine is shut down."""
+    runs = [{"engine": engine.name + ("-raw" if mode == "raw" and len(engine.submit) > 1 else ""),
+             "startup_s": engine.startup_s, "levels": [], "model_runner": engine.model_runner} for mode in modes]
 
     async def main():
         for i, (mode, run) in enumerate(zip(modes, runs)):
-            run["levels"] = await run_levels(raw if mode == "raw" else wrapper, levels, codes,
+            run["levels"] = await run_levels(engine.submit[mode], levels, codes,
                                              lambda rows: save(runs[:i] + [dict(run, levels=rows)]), warm=i == 0)
         engine.shutdown()       # on the loop that vLLM's output task runs on
 
     run_loop(main)
     return runs
+
+
+def paired(ours: Engine, stock: Engine, levels, codes: int, repeats: int, save=lambda result: None) -> dict:
+    """Both engines resident on the GPU at once, measured in turn: for each repeat and level,
+    ours (read raw) and stock back to back, the order alternating between repeats. Host-side
+    jitter on these machines moves a single run by up to a third at low concurrency, and a
+    comparison within 10% needs both engines under the same conditions."""
+    result = {"repeats": repeats, "rows": []}
+
+    async def main():
+        await warm_up(ours.submit["raw"], max(levels))
+        await warm_up(stock.submit["raw"], max(levels))
+        for r in range(repeats):
+            for level in levels:
+                pair = [(ours.name + "-raw", ours.submit["raw"]), (stock.name, stock.submit["raw"])]
+                for name, submit in (pair if (r + levels.index(level)) % 2 == 0 else pair[::-1]):
+                    result["rows"].append(dict(await measure(submit, level, codes), engine=name, repeat=r))
+                    save(result)
+        ours.shutdown()
+        stock.shutdown()
+
+    run_loop(main)
+    result["summary"] = paired_summary(result["rows"])
+    return result
+
+
+def paired_summary(rows: list[dict]) -> list[dict]:
+    """Per level: each engine's median over repeats, and the median of the per-repeat ratios."""
+    out = []
+    for level in sorted({r["concurrency"] for r in rows}):
+        at = [r for r in rows if r["concurrency"] == level]
+        ours = {r["repeat"]: r for r in at if not r["engine"].startswith("stock")}
+        stock = {r["repeat"]: r for r in at if r["engine"].startswith("stock")}
+        both = sorted(set(ours) & set(stock))
+        row = {"concurrency": level, "repeats": len(both)}
+        for key in ("per_request_tokens_per_s_median", "aggregate_decode_tokens_per_s", "time_to_first_code_s_median"):
+            row[key] = {"ours": statistics.median(ours[i][key] for i in both),
+                        "stock": statistics.median(stock[i][key] for i in both),
+                        "ratio_median": statistics.median(ours[i][key] / stock[i][key] for i in both),
+                        "ratio_min": min(ours[i][key] / stock[i][key] for i in both)}
+        out.append(row)
+    return out
 
 
 def run_loop(main):
@@ -142,41 +250,6 @@ def stock_checkpoint(model_dim: int, layers: int, heads: int, work_dir: str) -> 
     return path
 
 
-def stock(model_dim: int, layers: int, heads: int, levels, codes: int, prompt_len: int, gpu_mem: float,
-          work_dir: str, v1_runner: bool = False, save=lambda run: None, engine_args: dict | None = None) -> dict:
-    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    path = stock_checkpoint(model_dim, layers, heads, work_dir)
-    started = time.perf_counter()
-    llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**{
-        "model": str(path), "skip_tokenizer_init": True, "dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,
-        "max_num_seqs": max(levels), "seed": 0,
-        # vLLM 0.26.0 runs embeddings prompts on its V1 model runner only; enabling them here puts
-        # the stock model on that runner (`--engine stock-v1`): what V1 costs by itself (our
-        # engine ran there while its prompts were embeddings inputs).
-        "enable_prompt_embeds": v1_runner, **(engine_args or {})}))
-    startup = time.perf_counter() - started
-    prompt = {"prompt_token_ids": [1] * (prompt_len - 1) + [8192]}
-    counter = iter(range(10**9))
-
-    async def submit():
-        params = SamplingParams(max_tokens=codes, ignore_eos=True, temperature=1.0, top_k=30, top_p=0.8,
-                                repetition_penalty=10.0, detokenize=False, output_kind=RequestOutputKind.DELTA)
-        async for out in llm.generate(prompt, params, f"stock-{next(counter)}"):
-            yield len(out.outputs[0].token_ids)
-
-    run = {"engine": "stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), "startup_s": startup, "levels": [],
-           "model_runner": "v2" if llm.vllm_config.use_v2_model_runner else "v1"}
-
-    async def main():
-        run["levels"] = await run_levels(submit, levels, codes, lambda rows: save(dict(run, levels=rows)))
-        llm.shutdown()
-
-    run_loop(main)
-    return run
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="an IndexTTS checkpoint (e.g. from `indextts random-checkpoint`)")
@@ -189,8 +262,10 @@ def main() -> int:
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra vLLM engine argument for the engine(s) run, VALUE as JSON "
                         "(e.g. max_num_batched_tokens=8192); repeatable")
-    p.add_argument("--engine", choices=["both", "ours", "ours-raw", "stock", "stock-v1"], default="both",
-                   help="both = ours then stock, each in its own process; ours = our engine read as stock "
+    p.add_argument("--repeats", type=int, default=3, help="repeats per level (--engine paired)")
+    p.add_argument("--engine", choices=["paired", "both", "ours", "ours-raw", "stock", "stock-v1"], default="paired",
+                   help="paired = both engines resident at once, measured in turn, --repeats times (the "
+                        "comparison); both = ours then stock, each in its own process; ours = our engine read as stock "
                         "is (vLLM's own outputs: indextts-vllm-raw), then through VLLMEngine.generate "
                         "(indextts-vllm); ours-raw = the first only; stock-v1 = stock GPT-2 on vLLM's V1 "
                         "model runner (the one embeddings prompts need)")
@@ -217,17 +292,30 @@ def main() -> int:
             extra[key] = value
     results["engine_args"] = extra
 
-    def save(run: dict) -> None:
-        write_json(args.out, dict(results, runs=[run]))
+    def save(runs: list[dict]) -> None:
+        write_json(args.out, dict(results, runs=runs))
 
-    if args.engine in ("ours", "ours-raw"):
-        results["runs"] += ours(args.model_dir, args.levels, args.codes, args.text_tokens, args.gpu_memory_utilization,
-                                lambda runs: write_json(args.out, dict(results, runs=runs)), extra,
-                                modes=("raw",) if args.engine == "ours-raw" else ("raw", "wrapper"))
+    prompt_len = 32 + args.text_tokens + 2 + 1
+    most = max(args.levels)
+    if args.engine == "paired":
+        # Two engines on one GPU: each gets half of the memory share.
+        share = args.gpu_memory_utilization / 2
+        ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, share, extra)
+        stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len, share, args.work_dir,
+                           engine_args=extra)
+        results.update(startup_s={ours.name: ours.startup_s, stock.name: stock.startup_s},
+                       model_runner={ours.name: ours.model_runner, stock.name: stock.model_runner})
+        results["paired"] = paired(ours, stock, args.levels, args.codes, args.repeats,
+                                   lambda part: write_json(args.out, dict(results, paired=part)))
+    elif args.engine in ("ours", "ours-raw"):
+        ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, args.gpu_memory_utilization, extra)
+        results["runs"] += run_engine(ours, ("raw",) if args.engine == "ours-raw" else ("raw", "wrapper"),
+                                      args.levels, args.codes, save)
     elif args.engine in ("stock", "stock-v1"):
-        results["runs"].append(stock(cfg.model_dim, cfg.layers, cfg.heads, args.levels, args.codes,
-                                     32 + args.text_tokens + 2 + 1, args.gpu_memory_utilization, args.work_dir,
-                                     v1_runner=args.engine == "stock-v1", save=save, engine_args=extra))
+        stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len,
+                           args.gpu_memory_utilization, args.work_dir, v1_runner=args.engine == "stock-v1",
+                           engine_args=extra)
+        results["runs"] += run_engine(stock, ("raw",), args.levels, args.codes, save)
     else:
         for engine in ("ours", "stock"):
             part = Path(args.work_dir) / f"decode-{engine}.json"
