@@ -78,9 +78,10 @@ async def _one(submit, start: float) -> tuple[float, float, int]:
 
 async def measure(submit, level: int, codes: int) -> dict:
     """`level` requests at once; one summary row."""
+    started_at = time.time()
     start = time.perf_counter()
     per_request = await asyncio.gather(*(_one(submit, start) for _ in range(level)))
-    row = summarize(level, time.perf_counter() - start, per_request)
+    row = dict(summarize(level, time.perf_counter() - start, per_request), started_at=started_at, ended_at=time.time())
     assert all(n == codes for _, _, n in per_request), "a request ended early"
     print(json.dumps(row), flush=True)
     return row
