@@ -18,7 +18,7 @@ if [ -z "${INDEXTTS_CACHE_DIR:-}" ] && [ -d .cache/text-grammars ]; then export 
 run() { echo "+ $*" | tee -a "$OUT/$phase.log"; "$@" 2>&1 | tee -a "$OUT/$phase.log" | grep -E '^\{|Error|error|Traceback' ; }
 case $phase in
   decode)          run python3 bench/bench_decode.py --engine paired --model-dir $CKPT --out "$OUT/decode_paired.json" ;;
-  decode-gc)       export BENCH_GC_DIR=$OUT/gc PYTHONPATH=$PWD/bench/gc_site:$PYTHONPATH; run python3 bench/bench_decode.py --engine paired --levels 64 256 --repeats 2 --model-dir $CKPT --out "$OUT/decode_paired_gc.json" ;;
+  decode-gc)       export BENCH_GC_DIR=$OUT/gc PYTHONPATH=$PWD/bench/gc_site:$PYTHONPATH; run python3 bench/bench_decode.py --engine paired --levels 64 256 --repeats 2 --model-dir $CKPT --out "$OUT/decode_paired_gc.json"; cat "$OUT"/gc/*.jsonl > "$OUT/gc_all.jsonl"; rm -rf "$OUT/gc" ;;
   decode-ours)     run python3 bench/bench_decode.py --engine ours --model-dir $CKPT --out "$OUT/decode_ours.json" ;;
   decode-ours-noapc) run python3 bench/bench_decode.py --engine ours --engine-arg enable_prefix_caching=false --model-dir $CKPT --out "$OUT/decode_ours_noapc.json" ;;
   decode-ours-8k)  run python3 bench/bench_decode.py --engine ours --levels 1 64 256 --engine-arg max_num_batched_tokens=8192 --model-dir $CKPT --out "$OUT/decode_ours_8k.json" ;;

@@ -20,7 +20,7 @@ if os.environ.get("BENCH_GC_DIR"):
     def _dump(now: float) -> None:
         os.makedirs(_dir, exist_ok=True)
         with open(os.path.join(_dir, f"{os.getpid()}.jsonl"), "a") as f:
-            f.write(json.dumps({"time": now, "process": multiprocessing.current_process().name,
+            f.write(json.dumps({"time": now, "pid": os.getpid(), "process": multiprocessing.current_process().name,
                                 "argv": sys.argv[:3], "count": _state["count"],
                                 "seconds": _state["seconds"]}) + "\n")
 
