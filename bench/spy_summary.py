@@ -2,6 +2,7 @@
 samples on their own (self) and on the stack (total).
 
     python bench/spy_summary.py spy_ours_raw.txt spy_stock.txt [--top 25]
+    python bench/spy_summary.py --compare spy_ours_raw_256.txt spy_stock_256.txt [--process EngineCore]
 
 Written for `probe_admission.py --py-spy-dir`: compare the engine core's time per function
 between our engine and stock vLLM at the same concurrency.
@@ -38,11 +39,40 @@ def summarise(path: Path) -> dict[str, tuple[int, Counter, Counter]]:
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
+def compare(a: Path, b: Path, process: str, top: int) -> str:
+    """Samples per function of one process kind in two files, side by side, largest difference
+    first (same sampling rate: samples are time)."""
+    def pick(path: Path):
+        found = [v for k, v in summarise(path).items() if process in k]
+        samples = sum(v[0] for v in found)
+        own, total = Counter(), Counter()
+        for _, o, t in found:
+            own.update(o)
+            total.update(t)
+        return samples, own, total
+
+    (na, own_a, tot_a), (nb, own_b, tot_b) = pick(a), pick(b)
+    lines = [f"{process}: {na} samples in {a.name}, {nb} in {b.name}"]
+    for title, x, y in (("total (on the stack)", tot_a, tot_b), ("self", own_a, own_b)):
+        lines.append(f"--- {title}: {a.name} {b.name} difference")
+        keys = {k for k, _ in x.most_common(4 * top)} | {k for k, _ in y.most_common(4 * top)}
+        for k in sorted(keys, key=lambda k: -(x[k] - y[k]))[:top]:
+            lines.append(f"  {x[k]:6d} {y[k]:6d} {x[k] - y[k]:+6d}  {k}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--compare", action="store_true", help="two files side by side for one process kind")
+    p.add_argument("--process", default="EngineCore", help="process name to compare (substring)")
     args = p.parse_args()
+    if args.compare:
+        if len(args.files) != 2:
+            p.error("--compare takes two files")
+        print(compare(*args.files, args.process, args.top))
+        return 0
     for path in args.files:
         print(f"=== {path.name}")
         for process, (samples, own, total) in sorted(summarise(path).items(), key=lambda kv: -kv[1][0]):
