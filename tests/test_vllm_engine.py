@@ -11,6 +11,7 @@ here runs on one long-lived loop in a background thread (`Loop.run`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata
 import threading
 import time
@@ -110,6 +111,12 @@ def greedy(rp: str, **kw) -> SamplingOptions:
 
 
 # -- plugin ------------------------------------------------------------------------------------
+
+def test_start_up_heap_is_frozen(engine):
+    # The process that holds the engine freezes its start-up heap, so that a full collection
+    # does not walk it on every request path (see freeze_startup_heap).
+    assert gc.get_freeze_count() > 10_000
+
 
 def test_register_is_reentrant():
     from vllm import ModelRegistry

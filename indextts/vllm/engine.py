@@ -27,14 +27,16 @@ requests, read from its scheduler statistics through a stat logger (vLLM's docum
 
 Call `warm_up()` once after `create()`, before traffic (see its docstring). Measured on an H100
 with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, V2 model runner,
-default sampling, 500 codes per request): start-up 77-126 s; per request 286 codes/s alone, 287
-with 8, 210 with 64 and 88 with 256 concurrent requests, against 323, 337, 210 and 108 for stock
-vLLM running a GPT-2 of the same size in the same lease (docs/benchmarks.md, bench/results/).
+default sampling, 500 codes per request), resident next to stock vLLM running a GPT-2 of the same
+size and measured in turn: per request 295 codes/s alone, 327 with 8, 192 with 64 and 81 with 256
+concurrent requests, against 328, 348, 282 and 102 for stock; another machine gave 257 and 121
+against 277 and 123 at 64 and 256 (docs/benchmarks.md, bench/results/).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -120,6 +122,17 @@ def _stat_logger_factory(load: EngineLoad):
     return lambda vllm_config, engine_index=0: _LoadLogger(vllm_config, engine_index)
 
 
+def freeze_startup_heap() -> None:
+    """Moves every object alive now (modules, vLLM's and torch's start-up state) out of the
+    garbage collector's reach, as vLLM does in its own engine core and API server: a full
+    collection in this process then walks only what requests create. Measured on the H100 with
+    the engine loaded: a full collection took up to 0.47 s here, which stalled every stream of
+    this process (bench/results/probe/gc_paired_64_256.jsonl); the engine core, which freezes
+    its heap, spent milliseconds. Objects frozen stay allocated: call it once, after start-up."""
+    gc.collect()
+    gc.freeze()
+
+
 def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
                 max_num_seqs: int = 64, enforce_eager: bool = False, max_model_len: Optional[int] = None,
                 enable_prefix_caching: Optional[bool] = None, seed: int = 0, **extra):
@@ -200,6 +213,7 @@ class VLLMEngine:
         started = time.perf_counter()
         llm = AsyncLLMEngine.from_engine_args(args, stat_loggers=[_stat_logger_factory(load)])
         logger.info("vLLM engine for %s started in %.1f s", info.model_dir, time.perf_counter() - started)
+        freeze_startup_heap()
         return cls(llm, info, prompts, load)
 
     # -- requests -----------------------------------------------------------------------------
