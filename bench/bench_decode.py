@@ -98,10 +98,12 @@ async def run_levels(submit, levels, codes: int, on_row=lambda rows: None, warm:
     return results
 
 
+OURS, OURS_RAW, STOCK = "indextts-vllm", "indextts-vllm-raw", "stock-vllm-gpt2"
+
+
 @dataclass
 class Engine:
-    name: str
-    submit: dict            # mode -> async generator factory (number of new codes per output)
+    runs: dict              # run name -> async generator factory (number of new codes per output)
     shutdown: object
     startup_s: float
     model_runner: str
@@ -110,9 +112,9 @@ class Engine:
 def open_ours(model_dir: str, max_seqs: int, codes: int, text_tokens: int, gpu_mem: float,
               engine_args: dict | None = None) -> Engine:
     """Our engine, two ways to read it:
-    - "raw": our rendered prompt and our sampling parameters straight into vLLM's
+    - OURS_RAW: our rendered prompt and our sampling parameters straight into vLLM's
       `AsyncLLM.generate`, read exactly as the stock engine is read (model and engine alone);
-    - "wrapper": through `VLLMEngine.generate`, chunks as the serving stages get them (adds the
+    - OURS: through `VLLMEngine.generate`, chunks as the serving stages get them (adds the
       latent pass after the last code and the chunk handling in this process)."""
     import torch
 
@@ -138,25 +140,23 @@ def open_ours(model_dir: str, max_seqs: int, codes: int, text_tokens: int, gpu_m
         async for out in engine.llm.generate(prompt.for_vllm(), engine.sampling_params(options), f"raw-{next(counter)}"):
             yield len(out.outputs[0].token_ids)
 
-    return Engine("indextts-vllm", {"raw": raw, "wrapper": wrapper}, engine.shutdown, startup,
+    return Engine({OURS_RAW: raw, OURS: wrapper}, engine.shutdown, startup,
                   "v2" if engine.llm.vllm_config.use_v2_model_runner else "v1")
 
 
 def open_stock(model_dim: int, layers: int, heads: int, max_seqs: int, codes: int, prompt_len: int, gpu_mem: float,
                work_dir: str, v1_runner: bool = False, engine_args: dict | None = None) -> Engine:
     """Stock vLLM on a plain GPT-2 of the same size, prompt of the same length, same sampling."""
-    from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+    from vllm import AsyncLLMEngine, SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     path = stock_checkpoint(model_dim, layers, heads, work_dir)
     started = time.perf_counter()
-    llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**{
-        "model": str(path), "skip_tokenizer_init": True, "dtype": "bfloat16", "gpu_memory_utilization": gpu_mem,
-        "max_num_seqs": max_seqs, "seed": 0,
-        # vLLM 0.26.0 runs embeddings prompts on its V1 model runner only; enabling them here puts
-        # the stock model on that runner (`--engine stock-v1`): what V1 costs by itself (our
-        # engine ran there while its prompts were embeddings inputs).
-        "enable_prompt_embeds": v1_runner, **(engine_args or {})}))
+    # vLLM 0.26.0 runs embeddings prompts on its V1 model runner only; enabling them here puts
+    # the stock model on that runner (`--engine stock-v1`): what V1 costs by itself (our engine
+    # ran there while its prompts were embeddings inputs).
+    llm = AsyncLLMEngine.from_engine_args(stock_engine_args(path, gpu_mem, max_seqs, enable_prompt_embeds=v1_runner,
+                                                            **(engine_args or {})))
     startup = time.perf_counter() - started
     prompt = {"prompt_token_ids": [1] * (prompt_len - 1) + [8192]}
     counter = iter(range(10**9))
@@ -167,18 +167,18 @@ def open_stock(model_dim: int, layers: int, heads: int, max_seqs: int, codes: in
         async for out in llm.generate(prompt, params, f"stock-{next(counter)}"):
             yield len(out.outputs[0].token_ids)
 
-    return Engine("stock-vllm-gpt2" + ("-v1-runner" if v1_runner else ""), {"raw": submit}, llm.shutdown, startup,
+    return Engine({STOCK + ("-v1-runner" if v1_runner else ""): submit}, llm.shutdown, startup,
                   "v2" if llm.vllm_config.use_v2_model_runner else "v1")
 
 
-def run_engine(engine: Engine, modes, levels, codes: int, save=lambda runs: None) -> list[dict]:
-    """One run per mode on one engine (warmed up once), then the engine is shut down."""
-    runs = [{"engine": engine.name + ("-raw" if mode == "raw" and len(engine.submit) > 1 else ""),
-             "startup_s": engine.startup_s, "levels": [], "model_runner": engine.model_runner} for mode in modes]
+def run_engine(engine: Engine, names, levels, codes: int, save=lambda runs: None) -> list[dict]:
+    """One run per name (`engine.runs`) on one engine (warmed up once), then the engine is shut down."""
+    runs = [{"engine": name, "startup_s": engine.startup_s, "levels": [], "model_runner": engine.model_runner}
+            for name in names]
 
     async def main():
-        for i, (mode, run) in enumerate(zip(modes, runs)):
-            run["levels"] = await run_levels(engine.submit[mode], levels, codes,
+        for i, (name, run) in enumerate(zip(names, runs)):
+            run["levels"] = await run_levels(engine.runs[name], levels, codes,
                                              lambda rows: save(runs[:i] + [dict(run, levels=rows)]), warm=i == 0)
         engine.shutdown()       # on the loop that vLLM's output task runs on
 
@@ -192,14 +192,14 @@ def paired(ours: Engine, stock: Engine, levels, codes: int, repeats: int, save=l
     jitter on these machines moves a single run by up to a third at low concurrency, and a
     comparison within 10% needs both engines under the same conditions."""
     result = {"repeats": repeats, "rows": []}
+    pair = [(OURS_RAW, ours.runs[OURS_RAW]), (STOCK, stock.runs[STOCK])]
 
     async def main():
-        await warm_up(ours.submit["raw"], max(levels))
-        await warm_up(stock.submit["raw"], max(levels))
+        for _, submit in pair:
+            await warm_up(submit, max(levels))
         for r in range(repeats):
-            for level in levels:
-                pair = [(ours.name + "-raw", ours.submit["raw"]), (stock.name, stock.submit["raw"])]
-                for name, submit in (pair if (r + levels.index(level)) % 2 == 0 else pair[::-1]):
+            for i, level in enumerate(levels):
+                for name, submit in (pair if (r + i) % 2 == 0 else pair[::-1]):
                     result["rows"].append(dict(await measure(submit, level, codes), engine=name, repeat=r))
                     save(result)
         ours.shutdown()
@@ -215,8 +215,8 @@ def paired_summary(rows: list[dict]) -> list[dict]:
     out = []
     for level in sorted({r["concurrency"] for r in rows}):
         at = [r for r in rows if r["concurrency"] == level]
-        ours = {r["repeat"]: r for r in at if not r["engine"].startswith("stock")}
-        stock = {r["repeat"]: r for r in at if r["engine"].startswith("stock")}
+        ours = {r["repeat"]: r for r in at if r["engine"] == OURS_RAW}
+        stock = {r["repeat"]: r for r in at if r["engine"] == STOCK}
         both = sorted(set(ours) & set(stock))
         row = {"concurrency": level, "repeats": len(both)}
         for key in ("per_request_tokens_per_s_median", "aggregate_decode_tokens_per_s", "time_to_first_code_s_median"):
@@ -234,6 +234,14 @@ def run_loop(main):
         return loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def stock_engine_args(path: Path, gpu_mem: float, max_seqs: int, **extra):
+    """vLLM's engine arguments for the stock GPT-2 (bfloat16, no tokenizer, vLLM's defaults else)."""
+    from vllm import AsyncEngineArgs
+
+    return AsyncEngineArgs(model=str(path), skip_tokenizer_init=True, dtype="bfloat16",
+                           gpu_memory_utilization=gpu_mem, max_num_seqs=max_seqs, seed=0, **extra)
 
 
 def stock_checkpoint(model_dim: int, layers: int, heads: int, work_dir: str) -> Path:
@@ -304,19 +312,19 @@ def main() -> int:
         ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, share, extra)
         stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len, share, args.work_dir,
                            engine_args=extra)
-        results.update(startup_s={ours.name: ours.startup_s, stock.name: stock.startup_s},
-                       model_runner={ours.name: ours.model_runner, stock.name: stock.model_runner})
+        results.update(startup_s={OURS: ours.startup_s, STOCK: stock.startup_s},
+                       model_runner={OURS: ours.model_runner, STOCK: stock.model_runner})
         results["paired"] = paired(ours, stock, args.levels, args.codes, args.repeats,
                                    lambda part: write_json(args.out, dict(results, paired=part)))
     elif args.engine in ("ours", "ours-raw"):
         ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, args.gpu_memory_utilization, extra)
-        results["runs"] += run_engine(ours, ("raw",) if args.engine == "ours-raw" else ("raw", "wrapper"),
+        results["runs"] += run_engine(ours, [OURS_RAW] if args.engine == "ours-raw" else [OURS_RAW, OURS],
                                       args.levels, args.codes, save)
     elif args.engine in ("stock", "stock-v1"):
         stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len,
                            args.gpu_memory_utilization, args.work_dir, v1_runner=args.engine == "stock-v1",
                            engine_args=extra)
-        results["runs"] += run_engine(stock, ("raw",), args.levels, args.codes, save)
+        results["runs"] += run_engine(stock, list(stock.runs), args.levels, args.codes, save)
     else:
         for engine in ("ours", "stock"):
             part = Path(args.work_dir) / f"decode-{engine}.json"

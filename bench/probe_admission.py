@@ -201,14 +201,13 @@ def main() -> int:
     write_json(args.out, result)
 
     if args.stock:
-        from bench_decode import stock_checkpoint
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from bench_decode import stock_checkpoint, stock_engine_args
+        from vllm import AsyncLLMEngine
 
         c = engine.config
         path = stock_checkpoint(c.model_dim, c.layers, c.heads, "/var/tmp")
-        llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=args.gpu_memory_utilization,
-            max_num_seqs=max(args.levels), seed=0, **profiler("stock")))
+        llm = AsyncLLMEngine.from_engine_args(stock_engine_args(path, args.gpu_memory_utilization, max(args.levels),
+                                                                **profiler("stock")))
         stock_prompt = {"prompt_token_ids": [1] * prompt.length + [8192]}
 
         def stock():

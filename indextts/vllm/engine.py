@@ -221,8 +221,9 @@ class VLLMEngine:
     def max_codes(self, options: SamplingOptions) -> int:
         return code_limit(self.config, options)
 
-    def sampling_params(self, options: SamplingOptions):
-        """A new `vllm.SamplingParams` for one request (never shared, never reused)."""
+    def sampling_params(self, options: SamplingOptions, partial: bool = True):
+        """A new `vllm.SamplingParams` for one request (never shared, never reused). `partial`:
+        vLLM returns the new codes after every step (DELTA); otherwise once, at the end."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -233,7 +234,8 @@ class VLLMEngine:
             raise OptionsError(f"temperature {options.temperature} is above {MAX_TEMPERATURE}, the most vLLM accepts "
                                "(SamplingParams); use the PyTorch engine for hotter sampling")
         kwargs = dict(n=1, max_tokens=self.max_codes(options), repetition_penalty=float(options.repetition_penalty),
-                      seed=options.seed, detokenize=False, output_kind=RequestOutputKind.DELTA)
+                      seed=options.seed, detokenize=False,
+                      output_kind=RequestOutputKind.DELTA if partial else RequestOutputKind.FINAL_ONLY)
         if options.greedy:
             kwargs["temperature"] = 0.0
         else:
@@ -268,11 +270,7 @@ class VLLMEngine:
         its end (`RequestOutputKind.FINAL_ONLY`), instead of once per step: at 256 concurrent
         requests the per-step outputs cost the calling process about a third of its CPU."""
         prompt = self.prompt(voice, segment)
-        params = self.sampling_params(options)
-        if not partial:
-            from vllm.sampling_params import RequestOutputKind
-
-            params.output_kind = RequestOutputKind.FINAL_ONLY
+        params = self.sampling_params(options, partial)
         request_id = f"indextts-{uuid.uuid4().hex}"
         stop = self.config.stop_mel_token
         raw: list[int] = []
