@@ -137,6 +137,28 @@ def test_entry_point_resolves_to_register():
     assert eps[0].load() is register
 
 
+
+def test_prompt_row_hash_is_content_identity(monkeypatch):
+    """Equal bytes, dtype and shape hash equal; one changed value, another dtype or a reshape do
+    not. The algorithm follows vLLM's VLLM_MM_HASHER_ALGORITHM (blake3 by default)."""
+    from indextts.vllm.multimodal import content_hash
+
+    rows = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
+    h = content_hash(rows)
+    assert content_hash(rows.clone()) == h
+    assert len(h) == 64                     # blake3's 32-byte digest
+    changed = rows.clone()
+    changed[17, 3] += 1e-6
+    assert content_hash(changed) != h
+    assert content_hash(rows.to(torch.bfloat16)) != content_hash(rows.to(torch.float16))
+    assert content_hash(rows.reshape(80, 8)) != h
+    assert content_hash(rows.t()) == content_hash(rows.t().contiguous())
+    monkeypatch.setenv("VLLM_MM_HASHER_ALGORITHM", "sha256")
+    assert content_hash(rows) != h and len(content_hash(rows)) == 64
+    monkeypatch.setenv("VLLM_MM_HASHER_ALGORITHM", "md5")
+    with pytest.raises(ValueError, match="VLLM_MM_HASHER_ALGORITHM"):
+        content_hash(rows)
+
 def test_config_from_yaml():
     from indextts.vllm.hf_config import IndexTTSGPTConfig
     c = IndexTTSGPTConfig.from_indextts(IndexTTSConfig.from_yaml(TINY / "config.yaml"))
