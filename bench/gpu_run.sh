@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One benchmark phase per call on the GPU machine (each fits the 10-minute call limit):
-#   bash bench/gpu_run.sh decode|decode-gc|decode-ours|decode-ours-noapc|decode-ours-8k|decode-stock|decode-stock-v1|e2e|baseline|gpu-tests|vllm-tests|probe|probe-profile|spy|diagnose|vocoder|parity|http
+#   bash bench/gpu_run.sh decode|decode-gc|decode-steps|decode-ours|decode-ours-noapc|decode-ours-8k|decode-stock|decode-stock-v1|e2e|baseline|gpu-tests|vllm-tests|probe|probe-profile|spy|diagnose|vocoder|parity|http
 # Results and full logs go to $OUT (default bench/results/raw); the committed copies live in
 # bench/results/ and `python bench/report.py` turns them into the table and plots.
 set -o pipefail
@@ -19,6 +19,10 @@ run() { echo "+ $*" | tee -a "$OUT/$phase.log"; "$@" 2>&1 | tee -a "$OUT/$phase.
 case $phase in
   decode)          run python3 bench/bench_decode.py --engine paired --model-dir $CKPT --out "$OUT/decode_paired.json" ;;
   decode-gc)       export BENCH_GC_DIR=$OUT/gc PYTHONPATH=$PWD/bench/gc_site:$PYTHONPATH; run python3 bench/bench_decode.py --engine paired --levels 64 256 --repeats 2 --model-dir $CKPT --out "$OUT/decode_paired_gc.json"; cat "$OUT"/gc/*.jsonl > "$OUT/gc_all.jsonl"; rm -rf "$OUT/gc" ;;
+  decode-steps)    export BENCH_STEP_DIR=$OUT/steps PYTHONPATH=$PWD/bench/step_site:$PYTHONPATH
+                   run python3 bench/bench_decode.py --engine paired --levels 1 8 32 64 256 --repeats ${REPEATS:-6} --model-dir $CKPT --out "$OUT/decode_paired_steps.json"
+                   python3 bench/step_summary.py "$OUT/decode_paired_steps.json" "$OUT/steps" --json "$OUT/step_summary.json" | tee "$OUT/step_summary.txt"
+                   tar -C "$OUT" -czf "$OUT/steps.tar.gz" steps && rm -rf "$OUT/steps" ;;
   decode-ours)     run python3 bench/bench_decode.py --engine ours --model-dir $CKPT --out "$OUT/decode_ours.json" ;;
   decode-ours-noapc) run python3 bench/bench_decode.py --engine ours --engine-arg enable_prefix_caching=false --model-dir $CKPT --out "$OUT/decode_ours_noapc.json" ;;
   decode-ours-8k)  run python3 bench/bench_decode.py --engine ours --levels 1 64 256 --engine-arg max_num_batched_tokens=8192 --model-dir $CKPT --out "$OUT/decode_ours_8k.json" ;;
