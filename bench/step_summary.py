@@ -23,15 +23,16 @@ KINDS = ("step", "sched", "exec", "sample", "update", "bt")
 
 
 def load_steps(step_dir: Path) -> dict[int, dict]:
-    """pid -> {"model": name, "records": [[wall, kind, seconds, a, b], ...] sorted by time}."""
+    """pid -> {"model": name or None, "records": [[wall, kind, seconds, a, b], ...] sorted by time}."""
     out = {}
     for path in sorted(step_dir.glob("*.jsonl")):
-        lines = path.read_text().splitlines()
-        if not lines:
-            continue
-        head = json.loads(lines[0])
-        records = sorted(json.loads(line) for line in lines[1:] if line.startswith("["))
-        out[head["pid"]] = {"model": head["model"], "records": records}
+        model, records = None, []
+        for line in path.read_text().splitlines():
+            if line.startswith("["):
+                records.append(json.loads(line))
+            elif line.startswith("{"):
+                model = json.loads(line)["model"] or model
+        out[int(path.stem)] = {"model": model, "records": sorted(records)}
     return out
 
 
@@ -39,7 +40,9 @@ def engine_of(model: str | None) -> str:
     return "stock-vllm-gpt2" if model and "gpt2-stock" in model else "indextts-vllm-raw"
 
 
-def row_summary(row: dict, processes: dict[int, dict]) -> dict | None:
+def row_summary(row: dict, processes: dict[int, dict], engines: dict[int, str]) -> dict | None:
+    """`engines` (pid -> engine) is filled as rows are read: a process must be the same engine
+    in every row, and its model name (where recorded) must say so."""
     start, end = row["started_at"], row["ended_at"]
     best, inside = None, []
     for pid, proc in processes.items():
@@ -49,9 +52,9 @@ def row_summary(row: dict, processes: dict[int, dict]) -> dict | None:
     if best is None:
         return None
     model = processes[best]["model"]
-    if engine_of(model) != row["engine"]:
-        raise ValueError(f"the busiest engine core between {start} and {end} runs {model}, "
-                         f"but the row is {row['engine']}")
+    if engines.setdefault(best, row["engine"]) != row["engine"] or (model and engine_of(model) != row["engine"]):
+        raise ValueError(f"the busiest engine core between {start} and {end} (pid {best}, model {model}) "
+                         f"was {engines[best]} before, but the row is {row['engine']}")
     by_kind = defaultdict(list)
     for r in inside:
         by_kind[r[1]].append(r)
@@ -60,7 +63,7 @@ def row_summary(row: dict, processes: dict[int, dict]) -> dict | None:
     out = {"engine": row["engine"], "concurrency": row["concurrency"], "repeat": row["repeat"],
            "steps": steps, "model_steps": len(scheduled), "window_s": end - start,
            "running_mean": statistics.mean(r[3] for r in scheduled) if scheduled else 0.0}
-    for kind in KINDS:
+    for kind in sorted(set(KINDS) | set(by_kind), key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)):
         out[f"{kind}_ms_per_step"] = 1e3 * sum(r[2] for r in by_kind[kind]) / max(len(scheduled), 1)
     out["bt_rows_per_step"] = sum(r[3] or 0 for r in by_kind["bt"]) / max(len(scheduled), 1)
     out["bt_ids_per_step"] = sum(r[4] or 0 for r in by_kind["bt"]) / max(len(scheduled), 1)
@@ -70,7 +73,8 @@ def row_summary(row: dict, processes: dict[int, dict]) -> dict | None:
 
 
 def summarise(paired: dict, processes: dict[int, dict]) -> list[dict]:
-    rows = [s for r in paired["rows"] if (s := row_summary(r, processes))]
+    engines: dict[int, str] = {}
+    rows = [s for r in paired["rows"] if (s := row_summary(r, processes, engines))]
     groups = defaultdict(list)
     for s in rows:
         groups[(s["concurrency"], s["engine"])].append(s)
@@ -90,13 +94,14 @@ def main() -> int:
     args = p.parse_args()
     data = json.loads(args.paired.read_text())
     table = summarise(data.get("paired", data), load_steps(args.steps))
-    cols = ["period_ms", "step_ms_per_step", "host_ms_per_step", "sched_ms_per_step", "exec_ms_per_step",
-            "sample_ms_per_step", "update_ms_per_step", "bt_ms_per_step", "bt_ids_per_step", "running_mean"]
-    print("medians over repeats; ms per model step (steps that ran the model)")
-    print(f"{'level':>5} {'engine':<18} {'steps':>6} " + " ".join(f"{c.removesuffix('_per_step'):>10}" for c in cols))
+    parts = dict.fromkeys(k for t in table for k in t if k.endswith("_ms_per_step"))
+    cols = ["period_ms", "step_ms_per_step", "host_ms_per_step"] + [
+        k for k in parts if k not in ("step_ms_per_step", "host_ms_per_step")] + ["bt_ids_per_step", "running_mean"]
+    print("medians over repeats; ms per model step (steps that ran the model); exec.* are parts of exec")
+    print(f"{'level':>5} {'engine':<18} {'steps':>6} " + " ".join(f"{c.removesuffix('_per_step'):>13}" for c in cols))
     for t in table:
         print(f"{t['concurrency']:>5} {t['engine']:<18} {t['model_steps']:>6.0f} "
-              + " ".join(f"{t[c]:>10.3f}" for c in cols))
+              + " ".join(f"{t.get(c, 0.0):>13.3f}" for c in cols))
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
     return 0

@@ -8,14 +8,20 @@ else changes). Each engine-core process appends one record per call to
 BENCH_STEP_DIR/<pid>.jsonl (written by a thread every half second):
 `[wall-clock start, kind, seconds, a, b]`, where kind and (a, b) are
 
-    step    EngineCoreProc._process_engine_step (a whole engine step)    -, -
-    sched   Scheduler.schedule                  running requests, scheduled tokens
-    update  Scheduler.update_from_output        requests in the output, -
-    exec    GPUModelRunner.execute_model (V2)   -, -
-    sample  GPUModelRunner.sample_tokens (V2)   -, -
-    bt      BlockTables.apply_staged_writes     staged rows, staged block ids
+    step            EngineCoreProc._process_engine_step (a whole engine step)    -, -
+    sched           Scheduler.schedule              running requests, scheduled tokens
+    update          Scheduler.update_from_output    running requests, -
+    exec            GPUModelRunner.execute_model (V2 runner)                      -, -
+    sample          GPUModelRunner.sample_tokens (logits, sampling, output copy)  -, -
+    bt              BlockTables.apply_staged_writes  staged rows, staged block ids
 
-and the first line names the process's model (`{"model": ...}`, from its scheduler)."""
+and parts of `exec`: `exec.requests` (GPUModelRunner.update_requests), `exec.inputs`
+(.prepare_inputs), `exec.blocks` (.prepare_attn: block tables, slot mappings), `exec.mm`
+(DefaultModelState.get_mm_embeddings: multimodal models only), `exec.rope` (.prepare_inputs:
+M-RoPE positions), `exec.attn` (.prepare_attn: attention metadata), `exec.graph`
+(CudaGraphManager.run_fullgraph: a full CUDA graph's replay);
+and one line names the process's model (`{"model": ..., "pid": ...}`, from its scheduler,
+written with the first records after the first schedule)."""
 
 import os
 
@@ -40,7 +46,8 @@ if os.environ.get("BENCH_STEP_DIR"):
             return
         os.makedirs(_dir, exist_ok=True)
         with open(os.path.join(_dir, f"{os.getpid()}.jsonl"), "a") as f:
-            if f.tell() == 0:
+            if _state["model"] is not None and not _state.get("named"):
+                _state["named"] = True       # known from the first schedule on (not in start-up runs)
                 f.write(json.dumps({"model": _state["model"], "pid": os.getpid()}) + "\n")
             f.writelines(json.dumps(r) + "\n" for r in batch)
 
@@ -84,6 +91,19 @@ if os.environ.get("BENCH_STEP_DIR"):
         cls = module.GPUModelRunner
         cls.execute_model = _timed("exec", cls.execute_model)
         cls.sample_tokens = _timed("sample", cls.sample_tokens)
+        cls.update_requests = _timed("exec.requests", cls.update_requests)
+        cls.prepare_inputs = _timed("exec.inputs", cls.prepare_inputs)
+        cls.prepare_attn = _timed("exec.blocks", cls.prepare_attn)
+
+    def _model_state(module):
+        cls = module.DefaultModelState
+        cls.get_mm_embeddings = _timed("exec.mm", cls.get_mm_embeddings)
+        cls.prepare_inputs = _timed("exec.rope", cls.prepare_inputs)
+        cls.prepare_attn = _timed("exec.attn", cls.prepare_attn)
+
+    def _graphs(module):
+        cls = module.CudaGraphManager
+        cls.run_fullgraph = _timed("exec.graph", cls.run_fullgraph)
 
     def _block_table(module):
         cls = module.BlockTables
@@ -96,7 +116,9 @@ if os.environ.get("BENCH_STEP_DIR"):
         cls.apply_staged_writes = _timed("bt", cls.apply_staged_writes, lambda self, out, pre: pre, staged)
 
     _TARGETS = {"vllm.v1.core.sched.scheduler": _scheduler, "vllm.v1.engine.core": _core,
-                "vllm.v1.worker.gpu.model_runner": _runner, "vllm.v1.worker.gpu.block_table": _block_table}
+                "vllm.v1.worker.gpu.model_runner": _runner, "vllm.v1.worker.gpu.block_table": _block_table,
+                "vllm.v1.worker.gpu.model_states.default": _model_state,
+                "vllm.v1.worker.gpu.cudagraph_utils": _graphs}
 
     class _Finder(importlib.abc.MetaPathFinder):
         """Runs the patch for a target module right after the module itself has run."""
