@@ -9,13 +9,16 @@ What vLLM sees, per request (built by `indextts.vllm.engine`):
   placeholder ids: its data are the P prompt rows (the conditioning latents and the text
   embeddings with their text positions, computed outside). `embed_multimodal` hands them back as
   they are and `embed_input_ids` writes them over the placeholders; the start code and the
-  generated codes are real tokens, embedded here with `mel_embedding`;
+  generated codes are real tokens, embedded with `mel_embedding` inside the compiled decoder
+  from the raw ids that vLLM passes next to the embeddings (`requires_raw_input_tokens`, the
+  interface's flag), so a decode step's embedding is part of its CUDA graph;
 - per-request positions through vLLM's M-RoPE interface (`SupportsMRoPE`):
   `get_mrope_input_positions` gives the prompt its rows and a position delta of 1 - P, so the
   runner feeds generated code k (sequence index P + 1 + k) with position k + 2, which is the
   original's mel position for it. Row 0 of the M-RoPE positions is used as the mel position
   index; the prompt rows get the extra, all-zero row of our mel position table (their positions
-  are already in their embeddings), the start code gets row 0.
+  are already in their embeddings), the start code gets row 0. That row is also how the decoder
+  tells prompt rows (taken from `inputs_embeds`) from code rows (embedded from their ids).
 
 Rejected mechanisms, with the evidence (vLLM 0.26.0 and 0.27.1 source, and the GPU machine):
 
@@ -153,13 +156,16 @@ class GPT2Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-@support_torch_compile(dynamic_arg_dims={"inputs_embeds": 0, "mel_positions": 0})
+@support_torch_compile(dynamic_arg_dims={"input_ids": 0, "inputs_embeds": 0, "mel_positions": 0})
 class UnifiedVoiceDecoder(nn.Module):
-    """Mel positions + GPT-2 blocks + `ln_f` + `final_norm` (the part torch.compile sees)."""
+    """Code embeddings + mel positions + GPT-2 blocks + `ln_f` + `final_norm` (the part
+    torch.compile sees, and so the part each CUDA graph replays)."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         cfg: IndexTTSGPTConfig = vllm_config.model_config.hf_config
+        self.mel_embedding = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size,
+                                                    prefix=_join(prefix, "mel_embedding"))
         # The official table plus one all-zero row for inputs whose position is in their embedding.
         self.mel_pos_embedding = nn.Embedding(cfg.mel_positions + 1, cfg.hidden_size)
         self.h = nn.ModuleList(GPT2Block(cfg, vllm_config.cache_config, prefix=f"{prefix}.h.{i}")
@@ -167,11 +173,17 @@ class UnifiedVoiceDecoder(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
 
-    def forward(self, inputs_embeds: torch.Tensor, mel_positions: torch.Tensor) -> torch.Tensor:
-        """inputs_embeds: [T, D], mel_positions: [T] rows of `mel_pos_embedding` -> latents [T, D]."""
+    def forward(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, mel_positions: torch.Tensor) -> torch.Tensor:
+        """input_ids: [T] codes; inputs_embeds: [T, D], read only at prompt rows; mel_positions:
+        [T] rows of `mel_pos_embedding`, the last (all-zero) one marking prompt rows -> latents [T, D].
+
+        A row is its prompt embedding (inputs_embeds) where its position is the prompt row, its
+        code's `mel_embedding` elsewhere; then its mel position embedding is added."""
         # Clamped so that garbage positions of CUDA-graph padding can never index out of range.
-        rows = mel_positions.clamp(0, self.mel_pos_embedding.num_embeddings - 1)
-        x = inputs_embeds + self.mel_pos_embedding(rows)
+        embedded_row = self.mel_pos_embedding.num_embeddings - 1
+        rows = mel_positions.clamp(0, embedded_row)
+        given = (rows == embedded_row).unsqueeze(-1)
+        x = torch.where(given, inputs_embeds, self.mel_embedding(input_ids)) + self.mel_pos_embedding(rows)
         for block in self.h:
             x = block(x)
         return self.final_norm(self.ln_f(x))
@@ -190,12 +202,15 @@ class UnifiedVoiceDecoder(nn.Module):
 class IndexTTSGPTForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
     """The vLLM model; see the module docstring for how prompts and positions are laid out."""
 
+    # vLLM passes the raw token ids next to `inputs_embeds` (SupportsMultiModal's flag): the
+    # codes are embedded inside the decoder, in its CUDA graph, not by `embed_input_ids`.
+    requires_raw_input_tokens = True
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         cfg: IndexTTSGPTConfig = vllm_config.model_config.hf_config
         self.config = cfg
         d = cfg.hidden_size
-        self.mel_embedding = VocabParallelEmbedding(cfg.vocab_size, d, prefix=_join(prefix, "mel_embedding"))
         self.decoder = UnifiedVoiceDecoder(vllm_config=vllm_config, prefix=_join(prefix, "decoder"))
         self.mel_head = ParallelLMHead(cfg.vocab_size, d, bias=True, prefix=_join(prefix, "mel_head"))
         self.logits_processor = LogitsProcessor(cfg.vocab_size)
@@ -220,23 +235,29 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
 
     def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, *,
                         is_multimodal: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
-        """Token ids are mel codes (the start code and generated codes): [T] -> [T, D]; prompt
-        rows (`multimodal_embeddings`) replace the placeholders where `is_multimodal` is set."""
-        x = self.mel_embedding(input_ids)
+        """[T] -> [T, D]: the prompt rows (`multimodal_embeddings`) where `is_multimodal` is
+        set. The other rows are left unset: `forward` reads the codes' embeddings from the raw ids
+        (`requires_raw_input_tokens`) and these rows only where the position is the prompt row.
+        vLLM calls this eagerly on every step before the model, so a decode step costs one
+        allocation here instead of an embedding lookup outside the CUDA graph."""
+        shape, dtype = (input_ids.size(0), self.config.hidden_size), self.mel_head.weight.dtype
         if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
-            return x
-        rows = torch.cat(list(multimodal_embeddings)).to(x.dtype)
-        mask = is_multimodal.to(x.device, non_blocking=True)
-        return x.masked_scatter(mask.unsqueeze(-1), rows)
+            return torch.empty(shape, dtype=dtype, device=input_ids.device)
+        rows = torch.cat(list(multimodal_embeddings)).to(dtype)
+        mask = is_multimodal.to(input_ids.device, non_blocking=True)
+        return torch.zeros(shape, dtype=dtype, device=input_ids.device).masked_scatter(mask.unsqueeze(-1), rows)
 
     def forward(self, input_ids: Optional[torch.Tensor], positions: torch.Tensor,
                 intermediate_tensors=None, inputs_embeds: Optional[torch.Tensor] = None,
                 **kwargs) -> torch.Tensor:
         """positions: [3, T] M-RoPE rows (row 0 = mel position row) -> latents [T, D]."""
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_input_ids(input_ids)
+        if input_ids is None:
+            raise RuntimeError("IndexTTS's GPT embeds its codes from the raw token ids; this vLLM "
+                               "passed none (requires_raw_input_tokens is not honoured)")
+        if inputs_embeds is None:       # no prompt rows in this call (text-only path)
+            inputs_embeds = self.decoder.mel_embedding(input_ids)
         mel_positions = positions[0] if positions.dim() == 2 else positions
-        return self.decoder(inputs_embeds, mel_positions)
+        return self.decoder(input_ids, inputs_embeds, mel_positions)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> Optional[torch.Tensor]:
         """latents [T, D] -> mel code logits [T, 8194] (mel_head of the final-normed state)."""
@@ -304,7 +325,7 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         for embeds, codes in items:
             n = len(codes)
             ids = torch.tensor([self.config.start_mel_token] + list(codes[:-1]), dtype=torch.long, device=device)
-            mel = self.mel_embedding(ids) + self.decoder.mel_pos_embedding(torch.arange(n, device=device))
+            mel = self.decoder.mel_embedding(ids) + self.decoder.mel_pos_embedding(torch.arange(n, device=device))
             seqs.append(torch.cat([embeds.to(device=device, dtype=dtype), mel]))
         x = torch.zeros(len(seqs), max(s.size(0) for s in seqs), d, device=device, dtype=dtype)
         for i, s in enumerate(seqs):
@@ -352,6 +373,8 @@ def _our_name(name: str) -> str:
         return "decoder." + name
     if name == "mel_pos_embedding.emb.weight":
         return "decoder.mel_pos_embedding.weight"
+    if name.startswith("mel_embedding."):
+        return "decoder." + name
     return name
 
 
