@@ -19,6 +19,9 @@ stock vLLM is (`indextts-vllm-raw`: our rendered prompt and sampling parameters 
 same engine moves by up to a third at low concurrency from one run to the next (host-side jitter:
 each step there is a few milliseconds of Python), which swamps a 10% comparison between separate
 runs (bench/results/lease-2026-11-25/: stock 269 codes/s at 1 request and 446 at 8 in one run).
+Both engine cores are pinned to the same two physical cores and this process to two others
+(`split_cpus`; `--no-pin` leaves placement to the OS), so the engine measured never shares a
+core with the process reading its outputs while the other does not.
 
 `--engine ours|stock|both`: one engine per process, one pass over the levels; `ours` also reads
 our engine through `VLLMEngine.generate` (`indextts-vllm`: the chunks the serving stages get, the
@@ -37,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import gpu_memory_mib, write_json
+from common import gpu_memory_mib, physical_cores, pin_threads, write_json
 
 from indextts.vllm.engine import batch_size_buckets
 
@@ -228,6 +231,18 @@ def paired_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(this process's CPUs, the engine cores' CPUs) for a paired run: two physical cores each
+    (hyperthread siblings included), disjoint. Both engine cores get the same CPUs (only one of
+    them is busy at a time), so neither lands beside the frontend's busy thread while the other
+    does not: in unpinned paired runs, code the two engines share (vLLM's sampler step) ran up to
+    25% slower in one engine core than in the other at the same level (bench/results/probe/)."""
+    cores = physical_cores()
+    if len(cores) < 4:
+        raise SystemExit(f"pinning needs 4 physical cores, this process may use {len(cores)}; pass --no-pin")
+    return cores[0] | cores[1], cores[2] | cores[3]
+
+
 def run_loop(main):
     loop = asyncio.new_event_loop()
     try:
@@ -272,6 +287,9 @@ def main() -> int:
                    help="extra vLLM engine argument for the engine(s) run, VALUE as JSON "
                         "(e.g. max_num_batched_tokens=8192); repeatable")
     p.add_argument("--repeats", type=int, default=3, help="repeats per level (--engine paired)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="--engine paired: leave CPU placement to the OS (by default both engine cores "
+                        "share two physical cores and this process gets two others; see split_cpus)")
     p.add_argument("--engine", choices=["paired", "both", "ours", "ours-raw", "stock", "stock-v1"], default="paired",
                    help="paired = both engines resident at once, measured in turn, --repeats times (the "
                         "comparison); both = ours then stock, each in its own process; ours = our engine read as stock "
@@ -309,9 +327,15 @@ def main() -> int:
     if args.engine == "paired":
         # Two engines on one GPU: each gets half of the memory share.
         share = args.gpu_memory_utilization / 2
+        frontend_cpus, engine_cpus = split_cpus() if args.pin else (None, None)
+        if engine_cpus:
+            pin_threads(engine_cpus)        # the engine cores spawned next inherit it
+        results["cpus"] = {"frontend": sorted(frontend_cpus or []), "engines": sorted(engine_cpus or [])}
         ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, share, extra)
         stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len, share, args.work_dir,
                            engine_args=extra)
+        if frontend_cpus:
+            pin_threads(frontend_cpus)
         results.update(startup_s={OURS: ours.startup_s, STOCK: stock.startup_s},
                        model_runner={OURS: ours.model_runner, STOCK: stock.model_runner})
         results["paired"] = paired(ours, stock, args.levels, args.codes, args.repeats,

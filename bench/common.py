@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -25,6 +26,36 @@ def gpu_memory_mib() -> float | None:
         return float(out.split()[0])
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return None
+
+
+def physical_cores() -> list[set[int]]:
+    """The CPUs this process may use, grouped by physical core (hyperthread siblings together),
+    in CPU order."""
+    allowed = os.sched_getaffinity(0)
+    cores: dict[frozenset, None] = {}
+    for cpu in sorted(allowed):
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        siblings = _cpu_list(path.read_text()) if path.exists() else {cpu}
+        cores[frozenset(siblings & allowed)] = None
+    return [set(c) for c in cores]
+
+
+def _cpu_list(text: str) -> set[int]:
+    """"0-3,8" -> {0, 1, 2, 3, 8}"""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def pin_threads(cpus: set[int]) -> None:
+    """Every thread of this process onto `cpus`; processes spawned afterwards inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:         # the thread has ended
+            pass
 
 
 def write_json(path: str | Path, data: dict) -> None:
