@@ -69,6 +69,41 @@ def paired_table(name: str) -> list[str]:
     return lines
 
 
+STEP_RUNS = (("run1_unpinned", "6 repeats, not pinned, before the raw-token embedding"),
+             ("run2_parts_unpinned", "3 repeats, not pinned, before the raw-token embedding"),
+             ("run3_raw_tokens_unpinned", "4 repeats, not pinned"),
+             ("run4_raw_tokens_pinned", "3 repeats, engine cores pinned (split_cpus)"))
+STEP_PARTS = ("sched", "exec", "exec.mm", "exec.rope", "sample", "update")
+
+
+def step_tables() -> list[str]:
+    """Paired runs with the engine-core step timing (bench/step_site): per run, the per-request
+    ratio and, per level, the step period of each engine and ours minus stock per part."""
+    lines = ["| run | concurrent | ours / stock per request: median (worst) | step ms, ours / stock | "
+             + " | ".join(f"{p} +ms" for p in STEP_PARTS) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(STEP_PARTS)]
+    for name, what in STEP_RUNS:
+        data, steps = load(f"steps/{name}.json"), load(f"steps/{name}.steps.json")
+        if not data or steps is None:
+            continue
+        ratios = {r["concurrency"]: r["per_request_tokens_per_s_median"] for r in data["paired"]["summary"]}
+        table = {(t["concurrency"], t["engine"]): t for t in steps}
+        for level in sorted(ratios):
+            o, st = table.get((level, "indextts-vllm-raw")), table.get((level, "stock-vllm-gpt2"))
+            if not (o and st):
+                continue
+            diff = " | ".join(fmt(o.get(f"{p}_ms_per_step", 0.0) - st.get(f"{p}_ms_per_step", 0.0), 3)
+                              for p in STEP_PARTS)
+            r = ratios[level]
+            lines.append(f"| {name} ({what}) | {level} | {fmt(r['ratio_median'], 2)} ({fmt(r['ratio_min'], 2)}) | "
+                         f"{fmt(o['period_ms'], 2)} / {fmt(st['period_ms'], 2)} | {diff} |")
+    lines += ["", "Step ms = a level's window over the steps that ran the model (medians over repeats). Parts: "
+              "vLLM's scheduler (sched), model runner (exec; exec.mm its multimodal embedding step, "
+              "exec.rope its M-RoPE positions), sampler (sample), scheduler update (update); "
+              "bench/step_site/sitecustomize.py. Run 1 has no exec.* parts (added after it)."]
+    return lines
+
+
 def decode_table(runs: dict[str, dict]) -> list[str]:
     ours, stock = runs.get("indextts-vllm"), runs.get("stock-vllm-gpt2")
     v1 = runs.get("stock-vllm-gpt2-v1-runner")
@@ -274,6 +309,8 @@ def main() -> int:
            "## Targets", ""] + targets(runs, e2e, baseline, http) + [
            "", "## GPT decode: ours vs stock vLLM GPT-2 of the same size, paired", ""] + paired_table("decode_paired.json") + [
            "", "The same, another lease (levels 64 and 256 only, 2 repeats, GC timing on):", ""] + paired_table("decode_paired_gc.json") + [
+           "", "## GPT decode: paired runs with the engine core's step timing (later leases)", ""] + step_tables() + [
+           "", "The last of them (pinned) as a paired table:", ""] + paired_table("steps/run4_raw_tokens_pinned.json") + [
            "", "## GPT decode: one pass per engine (separate processes; single runs vary by up to a third)", ""] + decode_table(runs) + [
            "", "## End to end (in process: frontend, conditioning, GPT, latents, vocoder)", ""] + e2e_table(e2e, baseline) + [
            "", "## Through the HTTP API (Ray Serve, streaming pcm)", ""] + http_table(http) + [
