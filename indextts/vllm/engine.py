@@ -28,9 +28,10 @@ requests, read from its scheduler statistics through a stat logger (vLLM's docum
 Call `warm_up()` once after `create()`, before traffic (see its docstring). Measured on an H100
 with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, V2 model runner,
 default sampling, 500 codes per request), resident next to stock vLLM running a GPT-2 of the same
-size and measured in turn: per request 295 codes/s alone, 327 with 8, 192 with 64 and 81 with 256
-concurrent requests, against 328, 348, 282 and 102 for stock; another machine gave 257 and 121
-against 277 and 123 at 64 and 256 (docs/benchmarks.md, bench/results/).
+size and measured in turn: per request 274-365 codes/s alone, 281-357 with 8, 185-257 with 64 and
+79-121 with 256 concurrent requests over six paired runs, 0.75-0.98x of stock's rate in the same
+run (~0.9x typical); the multimodal + M-RoPE route costs 6-12% of each engine step by itself
+(docs/benchmarks.md, bench/results/steps/).
 """
 
 from __future__ import annotations
