@@ -83,27 +83,24 @@ if os.environ.get("BENCH_STEP_DIR"):
                                         lambda self, out, pre: (pre, None),
                                         lambda self: len(self.running))
 
-    def _core(module):
-        cls = module.EngineCoreProc
-        cls._process_engine_step = _timed("step", cls._process_engine_step)
+    # Methods timed as they are, no extra fields: module -> (class, {method: kind}).
+    _PLAIN = {
+        "vllm.v1.engine.core": ("EngineCoreProc", {"_process_engine_step": "step"}),
+        "vllm.v1.worker.gpu.model_runner": ("GPUModelRunner", {
+            "execute_model": "exec", "sample_tokens": "sample", "update_requests": "exec.requests",
+            "prepare_inputs": "exec.inputs", "prepare_attn": "exec.blocks"}),
+        "vllm.v1.worker.gpu.model_states.default": ("DefaultModelState", {
+            "get_mm_embeddings": "exec.mm", "prepare_inputs": "exec.rope", "prepare_attn": "exec.attn"}),
+        "vllm.v1.worker.gpu.cudagraph_utils": ("CudaGraphManager", {"run_fullgraph": "exec.graph"}),
+    }
 
-    def _runner(module):
-        cls = module.GPUModelRunner
-        cls.execute_model = _timed("exec", cls.execute_model)
-        cls.sample_tokens = _timed("sample", cls.sample_tokens)
-        cls.update_requests = _timed("exec.requests", cls.update_requests)
-        cls.prepare_inputs = _timed("exec.inputs", cls.prepare_inputs)
-        cls.prepare_attn = _timed("exec.blocks", cls.prepare_attn)
-
-    def _model_state(module):
-        cls = module.DefaultModelState
-        cls.get_mm_embeddings = _timed("exec.mm", cls.get_mm_embeddings)
-        cls.prepare_inputs = _timed("exec.rope", cls.prepare_inputs)
-        cls.prepare_attn = _timed("exec.attn", cls.prepare_attn)
-
-    def _graphs(module):
-        cls = module.CudaGraphManager
-        cls.run_fullgraph = _timed("exec.graph", cls.run_fullgraph)
+    def _plain(name):
+        def patch(module):
+            class_name, kinds = _PLAIN[name]
+            cls = getattr(module, class_name)
+            for method, kind in kinds.items():
+                setattr(cls, method, _timed(kind, getattr(cls, method)))
+        return patch
 
     def _block_table(module):
         cls = module.BlockTables
@@ -115,10 +112,8 @@ if os.environ.get("BENCH_STEP_DIR"):
 
         cls.apply_staged_writes = _timed("bt", cls.apply_staged_writes, lambda self, out, pre: pre, staged)
 
-    _TARGETS = {"vllm.v1.core.sched.scheduler": _scheduler, "vllm.v1.engine.core": _core,
-                "vllm.v1.worker.gpu.model_runner": _runner, "vllm.v1.worker.gpu.block_table": _block_table,
-                "vllm.v1.worker.gpu.model_states.default": _model_state,
-                "vllm.v1.worker.gpu.cudagraph_utils": _graphs}
+    _TARGETS = {"vllm.v1.core.sched.scheduler": _scheduler, "vllm.v1.worker.gpu.block_table": _block_table,
+                **{name: _plain(name) for name in _PLAIN}}
 
     class _Finder(importlib.abc.MetaPathFinder):
         """Runs the patch for a target module right after the module itself has run."""

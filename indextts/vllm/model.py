@@ -168,6 +168,7 @@ class UnifiedVoiceDecoder(nn.Module):
                                                     prefix=_join(prefix, "mel_embedding"))
         # The official table plus one all-zero row for inputs whose position is in their embedding.
         self.mel_pos_embedding = nn.Embedding(cfg.mel_positions + 1, cfg.hidden_size)
+        self.embedded_row = cfg.mel_positions          # the all-zero row: marks prompt rows
         self.h = nn.ModuleList(GPT2Block(cfg, vllm_config.cache_config, prefix=f"{prefix}.h.{i}")
                                for i in range(cfg.num_hidden_layers))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
@@ -180,9 +181,8 @@ class UnifiedVoiceDecoder(nn.Module):
         A row is its prompt embedding (inputs_embeds) where its position is the prompt row, its
         code's `mel_embedding` elsewhere; then its mel position embedding is added."""
         # Clamped so that garbage positions of CUDA-graph padding can never index out of range.
-        embedded_row = self.mel_pos_embedding.num_embeddings - 1
-        rows = mel_positions.clamp(0, embedded_row)
-        given = (rows == embedded_row).unsqueeze(-1)
+        rows = mel_positions.clamp(0, self.embedded_row)
+        given = (rows == self.embedded_row).unsqueeze(-1)
         x = torch.where(given, inputs_embeds, self.mel_embedding(input_ids)) + self.mel_pos_embedding(rows)
         for block in self.h:
             x = block(x)
@@ -214,7 +214,7 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         self.decoder = UnifiedVoiceDecoder(vllm_config=vllm_config, prefix=_join(prefix, "decoder"))
         self.mel_head = ParallelLMHead(cfg.vocab_size, d, bias=True, prefix=_join(prefix, "mel_head"))
         self.logits_processor = LogitsProcessor(cfg.vocab_size)
-        self.embedded_row = cfg.mel_positions          # the all-zero position row
+        self.embedded_row = self.decoder.embedded_row
 
     # -- what vLLM calls ----------------------------------------------------------------------
 

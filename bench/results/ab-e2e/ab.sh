@@ -1,4 +1,8 @@
 # e2e A/B in one lease: the committed-table commit (d8179cc, .ab/old) against this checkout.
+# As run: .ab/ (git-ignored) made with
+#   mkdir -p .ab/old && git archive d8179cc indextts serve_app bench/bench_e2e.py bench/common.py \
+#       tests/golden/tiny pyproject.toml | tar -x -C .ab/old && cp bench/results/ab-e2e/ab.sh .ab/
+# then the p4 staging call with carry [".device/p4", ".cache", ".ab"]: bash .ab/ab.sh
 set -o pipefail
 source /var/tmp/devenv.sh
 BASE=${PYTHONPATH:-}
