@@ -159,6 +159,76 @@ def test_prompt_row_hash_is_content_identity(monkeypatch):
     with pytest.raises(ValueError, match="VLLM_MM_HASHER_ALGORITHM"):
         content_hash(rows)
 
+def _check_stand_in(**extra):
+    """What `_try_schedule_encoder_inputs` reads of its scheduler, with a real encoder cache."""
+    from types import SimpleNamespace
+
+    from vllm.v1.core.encoder_cache_manager import EncoderCacheManager
+    return SimpleNamespace(is_encoder_decoder=False, encoder_cache_manager=EncoderCacheManager(cache_size=4096),
+                           scheduler_config=SimpleNamespace(disable_chunked_mm_input=False), ec_connector=None,
+                           **extra)
+
+
+def test_post_prompt_scheduler_check_answers_as_vllm_does():
+    """The scheduler our engine names answers vLLM's per-step multimodal check exactly as vLLM's
+    own method does, for every computed/new token count around one and two items (prefill,
+    chunked prefill, the item's last row, decode), and skips vLLM's work only past the items."""
+    from vllm import SamplingParams
+    from vllm.multimodal.inputs import MultiModalFeatureSpec, PlaceholderRange
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.request import Request
+
+    from indextts.vllm.engine import engine_args
+    from indextts.vllm.scheduler import QUALNAME, skipping_scheduler
+
+    assert engine_args(TINY).scheduler_cls == QUALNAME
+    calls = []
+
+    def counted(stock):
+        def method(self, *args, **kwargs):
+            calls.append(args[1])
+            return stock(self, *args, **kwargs)
+        return method
+
+    for layout in ([(0, 40)], [(0, 10), (10, 30)]):
+        features = [MultiModalFeatureSpec(data=None, modality="voice", identifier=f"item{i}",
+                                          mm_position=PlaceholderRange(offset=o, length=n))
+                    for i, (o, n) in enumerate(layout)]
+        end = layout[-1][0] + layout[-1][1]
+        request = Request("r", [1] * end + [8192], SamplingParams(max_tokens=8), None, mm_features=features)
+        for base in (Scheduler, AsyncScheduler):
+            ours = skipping_scheduler(base)
+            assert issubclass(ours, base) and ours is not base
+            stock = base._try_schedule_encoder_inputs
+            for computed in (0, 5, 9, 10, end - 1, end, end + 1, end + 7):
+                for new in (0, 1, 4, end + 1):
+                    calls.clear()
+                    with pytest.MonkeyPatch.context() as mp:    # sees whether ours fell through to vLLM's
+                        mp.setattr(base, "_try_schedule_encoder_inputs", counted(stock))
+                        got = ours._try_schedule_encoder_inputs(_check_stand_in(), request, computed, new, 1000)
+                    want = stock(_check_stand_in(), request, computed, new, 1000)
+                    assert got == want, (layout, computed, new)
+                    assert calls == ([] if computed >= end else [computed]), (layout, computed, new)
+
+
+def test_post_prompt_scheduler_leaves_an_unknown_vllm_alone(caplog):
+    """A vLLM whose scheduler lacks the method, or has it with other parameters, gets its own
+    scheduler back unchanged, and a warning."""
+    from indextts.vllm.scheduler import skipping_scheduler
+
+    class Without:
+        pass
+
+    class Changed:
+        def _try_schedule_encoder_inputs(self, request, num_computed_tokens, budget):
+            return "theirs"
+
+    with caplog.at_level("WARNING", logger="indextts.vllm.scheduler"):
+        assert skipping_scheduler(Without) is Without and skipping_scheduler(Changed) is Changed
+    assert caplog.text.count("using it unchanged") == 2
+
+
 def test_config_from_yaml():
     from indextts.vllm.hf_config import IndexTTSGPTConfig
     c = IndexTTSGPTConfig.from_indextts(IndexTTSConfig.from_yaml(TINY / "config.yaml"))

@@ -145,6 +145,7 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
 
     from indextts.vllm.hf_config import CONFIG_FORMAT
     from indextts.vllm.loader import LOAD_FORMAT
+    from indextts.vllm.scheduler import QUALNAME as SCHEDULER
 
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise OptionsError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -152,7 +153,7 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
         raise OptionsError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
     kwargs = dict(model=str(model_dir), config_format=CONFIG_FORMAT, load_format=LOAD_FORMAT,
                   runner="generate", skip_tokenizer_init=True, limit_mm_per_prompt={"voice": 1},
-                  mm_processor_cache_gb=0,
+                  mm_processor_cache_gb=0, scheduler_cls=SCHEDULER,
                   generation_config="vllm", worker_extension_cls=EXTENSION_CLASS, dtype=dtype,
                   gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                   enforce_eager=enforce_eager, max_model_len=max_model_len, seed=seed,
