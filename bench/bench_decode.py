@@ -204,12 +204,12 @@ def paired(ours: Engine, stock: Engine, levels, codes: int, repeats: int, save=l
             for i, level in enumerate(levels):
                 for name, submit in (pair if (r + i) % 2 == 0 else pair[::-1]):
                     result["rows"].append(dict(await measure(submit, level, codes), engine=name, repeat=r))
-                    save(result)
+                    result["summary"] = paired_summary(result["rows"])     # kept current: a run cut short
+                    save(result)                                            # still has its summary
         ours.shutdown()
         stock.shutdown()
 
     run_loop(main)
-    result["summary"] = paired_summary(result["rows"])
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def paired_table(name: str) -> list[str]:
 STEP_RUNS = (("run1_unpinned", "6 repeats, not pinned, before the raw-token embedding"),
              ("run2_parts_unpinned", "3 repeats, not pinned, before the raw-token embedding"),
              ("run3_raw_tokens_unpinned", "4 repeats, not pinned"),
-             ("run4_raw_tokens_pinned", "3 repeats, engine cores pinned (split_cpus)"))
+             ("run4_raw_tokens_pinned", "3 repeats, engine cores pinned (split_cpus)"),
+             ("run6_scheduler_pinned", "6 repeats, pinned, post-prompt scheduler"))
+# Paired runs of the same code (the post-prompt scheduler), pooled repeat by repeat.
+POOLED_RUNS = ("run5_scheduler_pinned", "run6_scheduler_pinned")
 STEP_PARTS = ("sched", "exec", "exec.mm", "exec.rope", "sample", "update")
 
 
@@ -102,6 +106,31 @@ def step_tables() -> list[str]:
               "exec.rope its M-RoPE positions), sampler (sample), scheduler update (update); "
               "bench/step_site/sitecustomize.py. Run 1 has no exec.* parts (added after it)."]
     return lines
+
+
+def pooled_table(names=POOLED_RUNS) -> list[str]:
+    """Per level, the per-request ratio (ours / stock) of every repeat of several paired runs of
+    the same code: how many, their median and quartiles, and how many reach 0.9."""
+    ratios: dict[int, list[float]] = {}
+    for name in names:
+        data = load(f"steps/{name}.json")
+        if not data:
+            continue
+        rows = data["paired"]["rows"]
+        by = {(r["repeat"], r["concurrency"], r["engine"]): r["per_request_tokens_per_s_median"] for r in rows}
+        for (rep, level, engine), ours in by.items():
+            stock = by.get((rep, level, "stock-vllm-gpt2"))
+            if engine == "indextts-vllm-raw" and stock:
+                ratios.setdefault(level, []).append(ours / stock)
+    if not ratios:
+        return ["No pooled runs."]
+    lines = ["| concurrent | repeats | ours / stock per request: median | quartiles | repeats at 0.9 or more |",
+             "|---:|---:|---:|---:|---:|"]
+    for level, v in sorted(ratios.items()):
+        q = statistics.quantiles(v, n=4)
+        lines.append(f"| {level} | {len(v)} | {fmt(statistics.median(v), 2)} | {fmt(q[0], 2)} - {fmt(q[2], 2)} | "
+                     f"{sum(x >= 0.9 for x in v)} of {len(v)} |")
+    return lines + ["", "Runs pooled: " + ", ".join(names) + " (bench/results/steps/)."]
 
 
 def decode_table(runs: dict[str, dict]) -> list[str]:
@@ -310,7 +339,8 @@ def main() -> int:
            "", "## GPT decode: ours vs stock vLLM GPT-2 of the same size, paired", ""] + paired_table("decode_paired.json") + [
            "", "The same, another lease (levels 64 and 256 only, 2 repeats, GC timing on):", ""] + paired_table("decode_paired_gc.json") + [
            "", "## GPT decode: paired runs with the engine core's step timing (later leases)", ""] + step_tables() + [
-           "", "The last of them (pinned) as a paired table:", ""] + paired_table("steps/run4_raw_tokens_pinned.json") + [
+           "", "The last of them as a paired table:", ""] + paired_table("steps/run6_scheduler_pinned.json") + [
+           "", "Two paired runs of the current engine (post-prompt scheduler), every repeat pooled:", ""] + pooled_table() + [
            "", "## GPT decode: one pass per engine (separate processes; single runs vary by up to a third)", ""] + decode_table(runs) + [
            "", "## End to end (in process: frontend, conditioning, GPT, latents, vocoder)", ""] + e2e_table(e2e, baseline) + [
            "", "## Through the HTTP API (Ray Serve, streaming pcm)", ""] + http_table(http) + [
