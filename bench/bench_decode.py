@@ -221,6 +221,8 @@ def paired_summary(rows: list[dict]) -> list[dict]:
         ours = {r["repeat"]: r for r in at if r["engine"] == OURS_RAW}
         stock = {r["repeat"]: r for r in at if r["engine"] == STOCK}
         both = sorted(set(ours) & set(stock))
+        if not both:            # a level one engine has not been measured at yet
+            continue
         row = {"concurrency": level, "repeats": len(both)}
         for key in ("per_request_tokens_per_s_median", "aggregate_decode_tokens_per_s", "time_to_first_code_s_median"):
             row[key] = {"ours": statistics.median(ours[i][key] for i in both),
