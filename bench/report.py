@@ -74,9 +74,10 @@ STEP_RUNS = (("run1_unpinned", "6 repeats, not pinned, before the raw-token embe
              ("run2_parts_unpinned", "3 repeats, not pinned, before the raw-token embedding"),
              ("run3_raw_tokens_unpinned", "4 repeats, not pinned"),
              ("run4_raw_tokens_pinned", "3 repeats, engine cores pinned (split_cpus)"),
-             ("run6_scheduler_pinned", "6 repeats, pinned, post-prompt scheduler"))
-# Paired runs of the same code (the post-prompt scheduler), pooled repeat by repeat.
-POOLED_RUNS = ("run5_scheduler_pinned", "run6_scheduler_pinned")
+             ("run6_scheduler_pinned", "6 repeats, pinned, post-prompt scheduler"),
+             ("run7_rowless_pinned", "9 repeats, pinned, post-prompt scheduler, no embedding rows on decode steps"))
+# Paired runs with the post-prompt scheduler, pooled repeat by repeat.
+POOLED_RUNS = ("run5_scheduler_pinned", "run6_scheduler_pinned", "run7_rowless_pinned")
 STEP_PARTS = ("sched", "exec", "exec.mm", "exec.rope", "sample", "update")
 
 
@@ -339,8 +340,8 @@ def main() -> int:
            "", "## GPT decode: ours vs stock vLLM GPT-2 of the same size, paired", ""] + paired_table("decode_paired.json") + [
            "", "The same, another lease (levels 64 and 256 only, 2 repeats, GC timing on):", ""] + paired_table("decode_paired_gc.json") + [
            "", "## GPT decode: paired runs with the engine core's step timing (later leases)", ""] + step_tables() + [
-           "", "The last of them as a paired table:", ""] + paired_table("steps/run6_scheduler_pinned.json") + [
-           "", "Two paired runs of the current engine (post-prompt scheduler), every repeat pooled:", ""] + pooled_table() + [
+           "", "The last of them as a paired table:", ""] + paired_table("steps/run7_rowless_pinned.json") + [
+           "", "Three paired runs with the post-prompt scheduler (run 7 also without embedding rows on decode steps), every repeat pooled:", ""] + pooled_table() + [
            "", "## GPT decode: one pass per engine (separate processes; single runs vary by up to a third)", ""] + decode_table(runs) + [
            "", "## End to end (in process: frontend, conditioning, GPT, latents, vocoder)", ""] + e2e_table(e2e, baseline) + [
            "", "## Through the HTTP API (Ray Serve, streaming pcm)", ""] + http_table(http) + [
