@@ -22,7 +22,7 @@ case $phase in
   decode-steps)    export BENCH_STEP_DIR=$OUT/steps PYTHONPATH=$PWD/bench/step_site:$PYTHONPATH
                    # Stopped at STEPS_LIMIT s (the paired JSON is saved level by level) so that the
                    # step records are still summarised and packed inside the 10-minute call.
-                   run timeout ${STEPS_LIMIT:-470} python3 bench/bench_decode.py --engine paired --levels ${LEVELS:-1 8 32 64 256} --repeats ${REPEATS:-6} --codes ${CODES:-500} --model-dir $CKPT --out "$OUT/decode_paired_steps.json"
+                   run timeout ${STEPS_LIMIT:-545} python3 bench/bench_decode.py --engine paired --levels ${LEVELS:-1 8 32 64 256} --repeats ${REPEATS:-9} --codes ${CODES:-500} --model-dir $CKPT --out "$OUT/decode_paired_steps.json"
                    pkill -9 -f 'EngineCore|bench_decode' || true    # engine cores a timeout left behind
                    python3 bench/step_summary.py "$OUT/decode_paired_steps.json" "$OUT/steps" --json "$OUT/step_summary.json" | tee "$OUT/step_summary.txt"
                    tar -C "$OUT" -czf "$OUT/steps.tar.gz" steps && rm -rf "$OUT/steps" ;;
