@@ -191,7 +191,8 @@ def run_engine(engine: Engine, names, levels, codes: int, save=lambda runs: None
 
 def paired(ours: Engine, stock: Engine, levels, codes: int, repeats: int, save=lambda result: None) -> dict:
     """Both engines resident on the GPU at once, measured in turn: for each repeat and level,
-    ours (read raw) and stock back to back, the order alternating between repeats. Host-side
+    ours (read raw) and stock back to back, which goes first alternating from level to level and
+    from repeat to repeat. Host-side
     jitter on these machines moves a single run by up to a third at low concurrency, and a
     comparison within 10% needs both engines under the same conditions."""
     result = {"repeats": repeats, "rows": []}

@@ -110,8 +110,8 @@ def step_tables() -> list[str]:
 
 
 def pooled_table(names=POOLED_RUNS) -> list[str]:
-    """Per level, the per-request ratio (ours / stock) of every repeat of several paired runs of
-    the same code: how many, their median and quartiles, and how many reach 0.9."""
+    """Per level, the per-request ratio (ours / stock) of every repeat of several paired runs
+    (`POOLED_RUNS`): how many, their median and quartiles, and how many reach 0.9."""
     ratios: dict[int, list[float]] = {}
     for name in names:
         data = load(f"steps/{name}.json")

@@ -137,7 +137,6 @@ def test_entry_point_resolves_to_register():
     assert eps[0].load() is register
 
 
-
 def test_prompt_row_hash_is_content_identity(monkeypatch):
     """Equal bytes, dtype and shape hash equal; one changed value, another dtype or a reshape do
     not. The algorithm follows vLLM's VLLM_MM_HASHER_ALGORITHM (blake3 by default)."""
@@ -153,20 +152,20 @@ def test_prompt_row_hash_is_content_identity(monkeypatch):
     assert content_hash(rows.to(torch.bfloat16)) != content_hash(rows.to(torch.float16))
     assert content_hash(rows.reshape(80, 8)) != h
     assert content_hash(rows.t()) == content_hash(rows.t().contiguous())
-    monkeypatch.setenv("VLLM_MM_HASHER_ALGORITHM", "sha256")
-    assert content_hash(rows) != h and len(content_hash(rows)) == 64
-    monkeypatch.setenv("VLLM_MM_HASHER_ALGORITHM", "md5")
+    monkeypatch.setenv("VLLM_MM_HASHER_ALGORITHM", "sha512")      # read through vllm.envs
+    assert content_hash(rows) != h and len(content_hash(rows)) == 128
+    monkeypatch.setenv("VLLM_MM_HASHER_ALGORITHM", "md5")         # vLLM's own validation
     with pytest.raises(ValueError, match="VLLM_MM_HASHER_ALGORITHM"):
         content_hash(rows)
 
-def _check_stand_in(**extra):
+
+def _check_stand_in():
     """What `_try_schedule_encoder_inputs` reads of its scheduler, with a real encoder cache."""
     from types import SimpleNamespace
 
     from vllm.v1.core.encoder_cache_manager import EncoderCacheManager
     return SimpleNamespace(is_encoder_decoder=False, encoder_cache_manager=EncoderCacheManager(cache_size=4096),
-                           scheduler_config=SimpleNamespace(disable_chunked_mm_input=False), ec_connector=None,
-                           **extra)
+                           scheduler_config=SimpleNamespace(disable_chunked_mm_input=False), ec_connector=None)
 
 
 def test_post_prompt_scheduler_check_answers_as_vllm_does():

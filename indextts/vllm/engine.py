@@ -31,7 +31,7 @@ default sampling, 500 codes per request), resident next to stock vLLM running a 
 size and measured in turn, the 22 repeats of three paired runs: per request 241-354 codes/s
 alone, 244-368 with 8, 168-291 with 64 and 76-105 with 256 concurrent requests; in the last run
 0.91x of stock's rate at 1 request, 0.96 at 8, 0.95 at 32, 0.99 at 64 and 0.91 at 256 (medians;
-single repeats 0.64-1.26 over the three runs). The multimodal + M-RoPE route costs 4-8% of each
+single repeats 0.64-1.26 over the three runs). The multimodal + M-RoPE route costs 4-9% of each
 engine step by itself, after `indextts.vllm.scheduler` took vLLM's per-request multimodal check
 out of the decode steps (docs/benchmarks.md, bench/results/steps/).
 """

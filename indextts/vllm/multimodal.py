@@ -22,7 +22,6 @@ builds the same input as `render`.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -61,14 +60,16 @@ def content_hash(rows: torch.Tensor) -> str:
 
 
 def _hasher():
-    algorithm = os.environ.get("VLLM_MM_HASHER_ALGORITHM", "blake3").lower()
+    """A fresh hasher of the algorithm vLLM's own multimodal hashing uses (`vllm.envs`, which
+    reads and validates VLLM_MM_HASHER_ALGORITHM: blake3, sha256 or sha512)."""
+    from vllm import envs
+
+    algorithm = envs.VLLM_MM_HASHER_ALGORITHM.lower()
     if algorithm == "blake3":
         from blake3 import blake3      # a vLLM dependency
 
         return blake3()
-    if algorithm in ("sha256", "sha512"):
-        return hashlib.new(algorithm)
-    raise ValueError(f"VLLM_MM_HASHER_ALGORITHM={algorithm!r}: expected blake3, sha256 or sha512")
+    return hashlib.new(algorithm)
 
 
 def render(rows: torch.Tensor, start_code: int) -> dict:
