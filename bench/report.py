@@ -55,17 +55,18 @@ def paired_table(name: str) -> list[str]:
     if not data or "summary" not in data.get("paired", {}):
         return [f"No paired results in {name}."]
     pair = data["paired"]
-    lines = ["| concurrent | ours per request | stock per request | ours / stock: median (worst) "
+    lines = ["| concurrent | repeats | ours per request | stock per request | ours / stock: median (worst) "
              "| ours aggregate | stock aggregate | ours / stock: median (worst) | within 10% |",
-             "|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for row in pair["summary"]:
         r, a = row["per_request_tokens_per_s_median"], row["aggregate_decode_tokens_per_s"]
         ok = "yes" if min(r["ratio_median"], a["ratio_median"]) >= 0.9 else "no"
-        lines.append(f"| {row['concurrency']} | {fmt(r['ours'])} | {fmt(r['stock'])} | "
+        lines.append(f"| {row['concurrency']} | {row['repeats']} | {fmt(r['ours'])} | {fmt(r['stock'])} | "
                      f"{fmt(r['ratio_median'], 2)} ({fmt(r['ratio_min'], 2)}) | {fmt(a['ours'])} | {fmt(a['stock'])} | "
                      f"{fmt(a['ratio_median'], 2)} ({fmt(a['ratio_min'], 2)}) | {ok} |")
-    lines += ["", f"{data.get('device', '')}, {pair['repeats']} repeats per level, {data['codes_per_request']} codes "
-              "per request, medians over the repeats; ratios per repeat. Ours read as stock is (vLLM's own "
+    lines += ["", f"{data.get('device', '')}, {pair['repeats']} repeats per level asked (fewer where the run was "
+              f"stopped at its time limit), {data['codes_per_request']} codes per request, medians over the repeats "
+              "both engines finished; ratios per repeat. Ours read as stock is (vLLM's own "
               "outputs, our rendered prompt). Aggregate = all codes over the time to the level's last code."]
     return lines
 
@@ -75,9 +76,10 @@ STEP_RUNS = (("run1_unpinned", "6 repeats, not pinned, before the raw-token embe
              ("run3_raw_tokens_unpinned", "4 repeats, not pinned"),
              ("run4_raw_tokens_pinned", "3 repeats, engine cores pinned (split_cpus)"),
              ("run6_scheduler_pinned", "6 repeats, pinned, post-prompt scheduler"),
-             ("run7_rowless_pinned", "9 repeats, pinned, post-prompt scheduler, no embedding rows on decode steps"))
+             ("run7_rowless_pinned", "9 repeats, pinned, post-prompt scheduler, no embedding rows on decode steps"),
+             ("run8_confirm_pinned", "5 repeats (4 at 256), pinned, the same code as run 7, another lease"))
 # Paired runs with the post-prompt scheduler, pooled repeat by repeat.
-POOLED_RUNS = ("run5_scheduler_pinned", "run6_scheduler_pinned", "run7_rowless_pinned")
+POOLED_RUNS = ("run5_scheduler_pinned", "run6_scheduler_pinned", "run7_rowless_pinned", "run8_confirm_pinned")
 STEP_PARTS = ("sched", "exec", "exec.mm", "exec.rope", "sample", "update")
 
 
@@ -340,8 +342,9 @@ def main() -> int:
            "", "## GPT decode: ours vs stock vLLM GPT-2 of the same size, paired", ""] + paired_table("decode_paired.json") + [
            "", "The same, another lease (levels 64 and 256 only, 2 repeats, GC timing on):", ""] + paired_table("decode_paired_gc.json") + [
            "", "## GPT decode: paired runs with the engine core's step timing (later leases)", ""] + step_tables() + [
-           "", "The last of them as a paired table:", ""] + paired_table("steps/run7_rowless_pinned.json") + [
-           "", "Three paired runs with the post-prompt scheduler (run 7 also without embedding rows on decode steps), every repeat pooled:", ""] + pooled_table() + [
+           "", "The last two of them (the current engine, two leases) as paired tables:", ""] + (
+               paired_table("steps/run7_rowless_pinned.json") + [""] + paired_table("steps/run8_confirm_pinned.json")) + [
+           "", "Four paired runs with the post-prompt scheduler (runs 7 and 8 also without embedding rows on decode steps), every repeat pooled:", ""] + pooled_table() + [
            "", "## GPT decode: one pass per engine (separate processes; single runs vary by up to a third)", ""] + decode_table(runs) + [
            "", "## End to end (in process: frontend, conditioning, GPT, latents, vocoder)", ""] + e2e_table(e2e, baseline) + [
            "", "## Through the HTTP API (Ray Serve, streaming pcm)", ""] + http_table(http) + [
