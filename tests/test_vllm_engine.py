@@ -339,6 +339,34 @@ def test_prompts_reach_vllm_as_one_voice_item(engine, expected, sentences):
     assert same["mm_hashes"] == rendered["mm_hashes"] != other["mm_hashes"]
 
 
+def test_prompt_identity_follows_the_rows(engine, expected, sentences):
+    """The hash a built prompt hands vLLM (taken over its latents and ids, not its rows) is equal
+    exactly when the rows are: the same inputs in other containers or dtypes hash equal, one
+    changed latent, one changed, added or dropped id does not; unrendered rows hash by content."""
+    from indextts.vllm.multimodal import MODALITY, render
+
+    cond, ids = expected["ref_a.cond_latents"], list(sentences[0])
+    base = engine.prompt(cond, ids)
+    nudged = cond.clone()
+    nudged[0, 5, 3] += 1e-3
+    halves = cond.to(torch.bfloat16)
+    cases = {"same": engine.prompt(cond.clone(), tuple(ids)),
+             "bf16 latents, as float32": engine.prompt(halves.float(), ids),
+             "bf16 latents": engine.prompt(halves, ids),
+             "one latent": engine.prompt(nudged, ids),
+             "one id": engine.prompt(cond, ids[:-1] + [ids[-1] + 1]),
+             "one more id": engine.prompt(cond, ids + [ids[-1]]),
+             "one id fewer": engine.prompt(cond, ids[:-1])}
+    for name, prompt in cases.items():
+        other = cases["bf16 latents, as float32"] if name == "bf16 latents" else base
+        rows_equal = prompt.embeds.shape == other.embeds.shape and torch.equal(prompt.embeds, other.embeds)
+        assert (prompt.identity == other.identity) == rows_equal, name
+    assert not torch.equal(cases["bf16 latents"].embeds, base.embeds)      # bf16 rounding changed the rows
+    assert base.for_vllm()["mm_hashes"] == {MODALITY: [base.identity]}
+    unrendered = render(base.embeds, base.start_code)["mm_hashes"][MODALITY]
+    assert unrendered == render(base.embeds.clone(), base.start_code)["mm_hashes"][MODALITY] != [base.identity]
+
+
 def test_unrendered_voice_prompt_goes_through_the_processor(engine, loop, expected, sentences):
     """`{"prompt_token_ids", "multi_modal_data": {"voice": rows}}` (vLLM's own processing path,
     `IndexTTSMultiModalProcessor.apply`) gives the golden codes too; ids that do not match the

@@ -41,21 +41,24 @@ def prompt_token_ids(rows: int, start_code: int) -> list[int]:
     return [PLACEHOLDER_ID] * rows + [start_code]
 
 
-def content_hash(rows: torch.Tensor) -> str:
-    """Identity of a prompt's rows for vLLM's encoder cache and prefix cache: equal rows (same
-    dtype and shape), equal hash. Reads the bytes in place (no torch op: see `PromptBuilder`).
+def content_hash(*parts: torch.Tensor) -> str:
+    """Identity of tensors for vLLM's encoder cache and prefix cache: equal parts (same bytes,
+    dtype and shape, in the same order), equal hash. Reads the bytes in place (no torch op: see
+    `PromptBuilder`). `render` hashes a prompt's rows with it; `PromptBuilder.build` hashes what
+    the rows are made of instead (see `VLLMPrompt.identity`).
 
     The hash is vLLM's own multimodal hash function (blake3 unless `VLLM_MM_HASHER_ALGORITHM`
     asks for sha256/sha512): it runs once per request on the process talking to vLLM, and on
     the GPU machine blake2b over a 95 x 1280 float32 prompt took 1.2 ms there (0.31 s of a
     256-request admission, bench/results/probe/profile_wrapper_256_after.txt); blake3 is about
     7x faster on the same bytes."""
-    data = rows.detach()
-    if data.device.type != "cpu" or not data.is_contiguous():
-        data = data.contiguous().cpu()
     h = _hasher()
-    h.update(f"{data.dtype}{tuple(data.shape)}".encode())
-    h.update(data.view(torch.uint8).numpy().reshape(-1))
+    for part in parts:
+        data = part.detach()
+        if data.device.type != "cpu" or not data.is_contiguous():
+            data = data.contiguous().cpu()
+        h.update(f"{data.dtype}{tuple(data.shape)}".encode())
+        h.update(data.view(torch.uint8).numpy().reshape(-1))
     return h.hexdigest()
 
 
@@ -72,16 +75,18 @@ def _hasher():
     return hashlib.new(algorithm)
 
 
-def render(rows: torch.Tensor, start_code: int) -> dict:
+def render(rows: torch.Tensor, start_code: int, identity: str | None = None) -> dict:
     """rows [P, D] (any float dtype; the model casts them to its own on its device) -> the
-    engine input vLLM takes (`mm_input`)."""
+    engine input vLLM takes (`mm_input`). `identity`: the rows' hash for vLLM's caches, if the
+    caller has one that equal rows always share (`VLLMPrompt.identity`); else the rows are
+    hashed here."""
     if rows.dim() != 2 or rows.size(0) < 1:
         raise ValueError(f"prompt rows must be [P, D] with P >= 1, got {list(rows.shape)}")
     p = rows.size(0)
     kwargs = MultiModalKwargsItems.from_hf_inputs(
         BatchFeature({FIELD: rows.unsqueeze(0)}), {FIELD: MultiModalFieldConfig.batched(MODALITY)})
     return mm_input(prompt_token_ids=prompt_token_ids(p, start_code), mm_kwargs=kwargs,
-                    mm_hashes={MODALITY: [content_hash(rows)]},
+                    mm_hashes={MODALITY: [identity or content_hash(rows)]},
                     mm_placeholders={MODALITY: [PlaceholderRange(offset=0, length=p)]})
 
 

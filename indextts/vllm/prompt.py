@@ -29,10 +29,17 @@ from indextts.gpt.model import bounded_text_ids
 
 @dataclass(frozen=True, eq=False)
 class VLLMPrompt:
-    """One request's prompt; `embeds` [P, D] float32 (CPU) is also the latent pass's prefix."""
+    """One request's prompt; `embeds` [P, D] float32 (CPU) is also the latent pass's prefix.
+
+    `identity`: the rows' hash for vLLM's encoder and prefix caches, taken over what they are
+    made of (the float32 conditioning latents and the bounded text ids), not over the rows: the
+    rows are a function of those and of the builder's tables, which are fixed for an engine, so
+    equal inputs give equal rows and share the hash. A third of the bytes of the rows (32 of ~95
+    rows, plus the ids), and the hash runs once per request next to vLLM's busy processes."""
 
     embeds: torch.Tensor
     start_code: int
+    identity: str | None = None
 
     @property
     def length(self) -> int:
@@ -44,7 +51,7 @@ class VLLMPrompt:
         model casts them on its device) and the placeholder ids (`indextts.vllm.multimodal`)."""
         from indextts.vllm.multimodal import render
 
-        return render(self.embeds, self.start_code)
+        return render(self.embeds, self.start_code, self.identity)
 
 
 class PromptBuilder:
@@ -91,4 +98,7 @@ class PromptBuilder:
         rows = np.empty((want[0] + t.size, cfg.model_dim), dtype=np.float32)
         rows[:want[0]] = cond
         np.add(self.text_embedding[t], self.text_positions[:t.size], out=rows[want[0]:])
-        return VLLMPrompt(torch.from_numpy(rows), cfg.start_mel_token)
+        from indextts.vllm.multimodal import content_hash
+
+        identity = content_hash(torch.from_numpy(cond), torch.from_numpy(t))
+        return VLLMPrompt(torch.from_numpy(rows), cfg.start_mel_token, identity)
