@@ -77,9 +77,11 @@ STEP_RUNS = (("run1_unpinned", "6 repeats, not pinned, before the raw-token embe
              ("run4_raw_tokens_pinned", "3 repeats, engine cores pinned (split_cpus)"),
              ("run6_scheduler_pinned", "6 repeats, pinned, post-prompt scheduler"),
              ("run7_rowless_pinned", "9 repeats, pinned, post-prompt scheduler, no embedding rows on decode steps"),
-             ("run8_confirm_pinned", "5 repeats (4 at 256), pinned, the same code as run 7, another lease"))
+             ("run8_confirm_pinned", "5 repeats (4 at 256), pinned, the same code as run 7, another lease"),
+             ("run9_identity_pinned", "5 repeats, levels 1 and 256, pinned, prompt hash over latents and ids"))
 # Paired runs with the post-prompt scheduler, pooled repeat by repeat.
-POOLED_RUNS = ("run5_scheduler_pinned", "run6_scheduler_pinned", "run7_rowless_pinned", "run8_confirm_pinned")
+POOLED_RUNS = ("run5_scheduler_pinned", "run6_scheduler_pinned", "run7_rowless_pinned", "run8_confirm_pinned",
+               "run9_identity_pinned")
 STEP_PARTS = ("sched", "exec", "exec.mm", "exec.rope", "sample", "update")
 
 
@@ -342,9 +344,10 @@ def main() -> int:
            "", "## GPT decode: ours vs stock vLLM GPT-2 of the same size, paired", ""] + paired_table("decode_paired.json") + [
            "", "The same, another lease (levels 64 and 256 only, 2 repeats, GC timing on):", ""] + paired_table("decode_paired_gc.json") + [
            "", "## GPT decode: paired runs with the engine core's step timing (later leases)", ""] + step_tables() + [
-           "", "The last two of them (the current engine, two leases) as paired tables:", ""] + (
-               paired_table("steps/run7_rowless_pinned.json") + [""] + paired_table("steps/run8_confirm_pinned.json")) + [
-           "", "Four paired runs with the post-prompt scheduler (runs 7 and 8 also without embedding rows on decode steps), every repeat pooled:", ""] + pooled_table() + [
+           "", "The last three of them (the current decode path, three leases) as paired tables:", ""] + (
+               paired_table("steps/run7_rowless_pinned.json") + [""] + paired_table("steps/run8_confirm_pinned.json")
+               + [""] + paired_table("steps/run9_identity_pinned.json")) + [
+           "", "Five paired runs with the post-prompt scheduler (runs 7-9 also without embedding rows on decode steps), every repeat pooled:", ""] + pooled_table() + [
            "", "## GPT decode: one pass per engine (separate processes; single runs vary by up to a third)", ""] + decode_table(runs) + [
            "", "## End to end (in process: frontend, conditioning, GPT, latents, vocoder)", ""] + e2e_table(e2e, baseline) + [
            "", "## Through the HTTP API (Ray Serve, streaming pcm)", ""] + http_table(http) + [

@@ -28,12 +28,12 @@ requests, read from its scheduler statistics through a stat logger (vLLM's docum
 Call `warm_up()` once after `create()`, before traffic (see its docstring). Measured on an H100
 with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, V2 model runner,
 default sampling, 500 codes per request), resident next to stock vLLM running a GPT-2 of the same
-size and measured in turn, the 27 repeats of four paired runs: per request 225-354 codes/s
-alone, 244-368 with 8, 164-291 with 64 and 66-105 with 256 concurrent requests; the current code
-in two leases (14 repeats) 0.93x of stock's rate at 1 request, 0.96 at 8, 0.94 at 32, 0.98 at 64
-and 0.91 at 256 (medians; single repeats 0.64-1.26 over the four runs). The multimodal + M-RoPE
-route costs 3-9% of each engine step by itself, after `indextts.vllm.scheduler` took vLLM's
-per-request multimodal check out of the decode steps (docs/benchmarks.md, bench/results/steps/).
+size and measured in turn, five paired runs: per request 225-368 codes/s alone, 244-368 with 8,
+164-291 with 64 and 66-119 with 256 concurrent requests; the current decode path in three leases
+(14-19 repeats per level) 0.93x of stock's rate at 1 request, 0.96 at 8, 0.94 at 32, 0.98 at 64
+and 0.92 at 256 (medians; single repeats 0.64-1.26). The multimodal + M-RoPE route costs 3-9%
+of each engine step by itself, after `indextts.vllm.scheduler` took vLLM's per-request
+multimodal check out of the decode steps (docs/benchmarks.md, bench/results/steps/).
 """
 
 from __future__ import annotations
