@@ -64,6 +64,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
+def vocoder_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The vocoder's dtype: `dtype` on GPUs; float32 elsewhere (BigVGAN in half precision on a
+    CPU is slow and no more exact)."""
+    return dtype if device.type == "cuda" else torch.float32
+
+
 class KeyedCache:
     """A small thread-safe LRU: `get_or_compute(key, fn)`. Concurrent misses on one key compute
     once: the first caller computes, the others wait for its result (or its error)."""
@@ -410,8 +416,7 @@ class IndexTTS:
             from indextts.vllm.stage import VLLMGPTStage
             gpt = VLLMGPTStage.from_checkpoint(info, dev, dtype, limits=reference_limits,
                                                gpu_memory_utilization=gpu_memory_utilization, **engine_kwargs)
-        vocoder = VocoderEngineStage.from_checkpoint(info, dev, dtype if dev.type == "cuda" else torch.float32,
-                                                     limits=reference_limits)
+        vocoder = VocoderEngineStage.from_checkpoint(info, dev, vocoder_dtype(dev, dtype), limits=reference_limits)
         return cls(info, frontend, gpt, vocoder)
 
     def voice(self, references: VoiceLike, weights: Optional[Sequence[float]] = None, name: str = "") -> VoiceSpec:

@@ -132,15 +132,11 @@ def make_gpt_stage(args: AppArgs):
 
 
 def make_vocoder_stage(args: AppArgs):
-    import torch
-
     from indextts.checkpoint import CheckpointInfo
-    from indextts.pipeline import VocoderEngineStage
+    from indextts.pipeline import VocoderEngineStage, vocoder_dtype
 
     info = CheckpointInfo.from_dir(args.model_dir)
     device, dtype = _device_and_dtype(args)
-    # BigVGAN in half precision on CPU is slow and no more exact: keep float32 there.
-    dtype = dtype if device.type == "cuda" else torch.float32
-    return VocoderEngineStage.from_checkpoint(info, device, dtype, cache_size=args.voice_cache_size,
-                                              max_batch=args.vocoder_max_batch_size,
+    return VocoderEngineStage.from_checkpoint(info, device, vocoder_dtype(device, dtype),
+                                              cache_size=args.voice_cache_size, max_batch=args.vocoder_max_batch_size,
                                               mixed_length_batches=args.vocoder_mixed_length_batches)

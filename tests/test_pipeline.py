@@ -340,3 +340,22 @@ def test_a_full_segment_with_a_closing_quote_still_fits_the_model(tts):
     assert longest == limit + 1 == tts.info.config.gpt.max_text_tokens
     with pytest.raises(OptionsError, match=r"\[1, 79\]"):
         tts.synthesize("Hello.", TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=80)
+
+
+def test_vocoder_keeps_float32_off_the_gpu():
+    """A half-precision dtype asked for on a CPU reaches the GPT, not BigVGAN (slow and no more
+    exact there), whether the stages come from `from_pretrained` or from the Serve app's args."""
+    from serve_app.config import AppArgs, make_vocoder_stage
+
+    from indextts.pipeline import vocoder_dtype
+
+    assert vocoder_dtype(torch.device("cpu"), torch.bfloat16) == torch.float32
+    assert vocoder_dtype(torch.device("cuda"), torch.bfloat16) == torch.bfloat16
+    with IndexTTS.from_pretrained(TINY, device="cpu", dtype=torch.bfloat16) as model:
+        assert next(model.gpt.model.parameters()).dtype == torch.bfloat16
+        assert model.vocoder.dtype == torch.float32
+    stage = make_vocoder_stage(AppArgs(model_dir=str(TINY), device="cpu", dtype="bfloat16"))
+    try:
+        assert stage.dtype == torch.float32
+    finally:
+        stage.close()
