@@ -11,7 +11,7 @@ import torch
 
 from indextts.cli import main
 from indextts.errors import AudioError, OptionsError, TextError, VoiceError
-from indextts.pipeline import IndexTTS, parse_device
+from indextts.pipeline import IndexTTS, parse_device, vocoder_dtype
 from indextts.types import SamplingOptions
 
 from conftest import TINY
@@ -346,8 +346,6 @@ def test_vocoder_keeps_float32_off_the_gpu():
     """A half-precision dtype asked for on a CPU reaches the GPT, not BigVGAN (slow and no more
     exact there), whether the stages come from `from_pretrained` or from the Serve app's args."""
     from serve_app.config import AppArgs, make_vocoder_stage
-
-    from indextts.pipeline import vocoder_dtype
 
     assert vocoder_dtype(torch.device("cpu"), torch.bfloat16) == torch.float32
     assert vocoder_dtype(torch.device("cuda"), torch.bfloat16) == torch.bfloat16

@@ -182,6 +182,7 @@ def test_post_prompt_scheduler_check_answers_as_vllm_does():
     from indextts.vllm.scheduler import QUALNAME, skipping_scheduler
 
     assert engine_args(TINY).scheduler_cls == QUALNAME
+    assert engine_args(TINY, scheduler_cls=None).scheduler_cls is None     # the README's way back
     calls = []
 
     def counted(stock):

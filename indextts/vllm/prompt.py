@@ -25,6 +25,7 @@ from indextts.checkpoint import CheckpointInfo, read_state_dict
 from indextts.config import GPTConfig
 from indextts.errors import CheckpointError, VoiceError
 from indextts.gpt.model import bounded_text_ids
+from indextts.vllm.multimodal import content_hash, render
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +40,7 @@ class VLLMPrompt:
 
     embeds: torch.Tensor
     start_code: int
-    identity: str | None = None
+    identity: str
 
     @property
     def length(self) -> int:
@@ -49,8 +50,6 @@ class VLLMPrompt:
     def for_vllm(self) -> dict:
         """This prompt as vLLM's rendered engine input: one "voice" item (float32 rows; the
         model casts them on its device) and the placeholder ids (`indextts.vllm.multimodal`)."""
-        from indextts.vllm.multimodal import render
-
         return render(self.embeds, self.start_code, self.identity)
 
 
@@ -98,7 +97,5 @@ class PromptBuilder:
         rows = np.empty((want[0] + t.size, cfg.model_dim), dtype=np.float32)
         rows[:want[0]] = cond
         np.add(self.text_embedding[t], self.text_positions[:t.size], out=rows[want[0]:])
-        from indextts.vllm.multimodal import content_hash
-
         identity = content_hash(torch.from_numpy(cond), torch.from_numpy(t))
         return VLLMPrompt(torch.from_numpy(rows), cfg.start_mel_token, identity)
