@@ -1,8 +1,9 @@
-"""Text -> audio orchestration over the three stages, shared by the pipeline and the Serve ingress.
+"""Text -> audio over the three stages, shared by the single-process facade and the Serve ingress.
 
-Segments are independent in IndexTTS (each is conditioned only on the voice), so the GPT stage
-works on up to `lookahead` segments at once while earlier ones are vocoded and streamed; audio
-still comes out in text order. Cancelling the consumer cancels every in-flight stage call.
+Segments are independent in IndexTTS (each is conditioned only on the voice), so up to
+`lookahead` segments are generated and vocoded at once, chunk by chunk, while earlier ones are
+played; audio still comes out in text order. Cancelling the consumer cancels every in-flight
+stage call.
 """
 
 from __future__ import annotations
@@ -10,48 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
-from typing import AsyncIterator, Optional
+from dataclasses import replace
+from typing import AsyncIterator, Union
 
 import torch
 
-from indextts.stages import FrontendStage, GPTStage, VocoderStage, VoiceSpec
-from indextts.types import AudioChunk, CodeChunk, FrontendResult, SamplingOptions, Segment
+from indextts.audio import SAMPLE_RATE
+from indextts.stages.base import FrontendStage, GPTStage, VocoderStage
+from indextts.types import AudioChunk, CodeChunk, SamplingOptions, Segment, VoiceSpec
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24000
 DEFAULT_MAX_TOKENS_PER_SEGMENT = 120
 
-
-@dataclass(frozen=True)
-class SegmentCodes:
-    codes: torch.Tensor        # [n] int64
-    latents: torch.Tensor      # [n, D]
-    stopped: bool
-
-
-async def collect_segment(gpt: GPTStage, voice: VoiceSpec, segment: Segment,
-                          options: SamplingOptions) -> SegmentCodes:
-    """Drain one segment's code stream; the final chunk carries every code and the latents."""
-    final: Optional[CodeChunk] = None
-    gen = gpt.generate(voice, segment, options, partial=False)
-    try:
-        async for chunk in gen:
-            if chunk.final:
-                final = chunk
-    finally:
-        await gen.aclose()
-    if final is None or final.latents is None:
-        raise RuntimeError("GPT stage ended a segment without its final chunk")
-    return SegmentCodes(final.codes, final.latents, final.stopped)
+_Item = Union[tuple[CodeChunk, torch.Tensor], BaseException, None]
 
 
 class Synthesizer:
-    """Runs frontend -> GPT -> vocoder for one utterance, streaming audio per segment."""
+    """Runs frontend -> GPT -> vocoder for one utterance, streaming audio per chunk."""
 
-    def __init__(self, frontend: FrontendStage, gpt: GPTStage, vocoder: VocoderStage,
-                 lookahead: int = 4):
+    def __init__(self, frontend: FrontendStage, gpt: GPTStage, vocoder: VocoderStage, lookahead: int = 4):
         if lookahead < 1:
             raise ValueError("lookahead must be at least 1")
         self.frontend = frontend
@@ -62,36 +41,50 @@ class Synthesizer:
     async def stream(self, text: str, voice: VoiceSpec, options: SamplingOptions = SamplingOptions(),
                      max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT
                      ) -> AsyncIterator[AudioChunk]:
-        """Audio per segment, in order, as soon as each is ready."""
-        front: FrontendResult = await self.frontend.process(text, max_tokens_per_segment)
+        """Audio of each code chunk, in order, as soon as it is ready. The last chunk of a segment
+        has `metadata["segment_end"]`; the utterance's last chunk has `final=True`."""
+        front = await self.frontend.process(text, max_tokens_per_segment)
         segments = list(front.segments)
-        if options.seed is not None and len(segments) > 1:
-            # Distinct but reproducible randomness per segment.
-            per_segment = [_with_seed(options, options.seed + i) for i in range(len(segments))]
-        else:
-            per_segment = [options] * len(segments)
-        pending: dict[int, asyncio.Task] = {}
+        queues: dict[int, asyncio.Queue] = {}
+        tasks: list[asyncio.Task] = []
         started = time.perf_counter()
         try:
             for i, segment in enumerate(segments):
                 for j in range(i, min(i + self.lookahead, len(segments))):
-                    if j not in pending:
-                        pending[j] = asyncio.ensure_future(
-                            collect_segment(self.gpt, voice, segments[j], per_segment[j]))
-                result: SegmentCodes = await pending.pop(i)
-                if len(result.codes):
-                    samples = await self.vocoder.vocode(voice, result.latents)
-                else:
-                    samples = torch.zeros(0)
-                yield AudioChunk(samples=samples, sample_rate=SAMPLE_RATE, final=i == len(segments) - 1,
-                                 metadata={"segment": i, "segments": len(segments), "codes": len(result.codes),
-                                           "stopped": result.stopped, "text_tokens": len(segment.ids),
-                                           "elapsed_s": time.perf_counter() - started})
+                    if j not in queues:
+                        queues[j] = asyncio.Queue()
+                        tasks.append(asyncio.ensure_future(self._segment(
+                            segments[j], voice, _segment_options(options, j, len(segments)), queues[j])))
+                queue = queues.pop(i)
+                while (item := await queue.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    chunk, samples = item
+                    yield AudioChunk(samples=samples, sample_rate=SAMPLE_RATE,
+                                     final=chunk.final and i == len(segments) - 1,
+                                     metadata={"segment": i, "segments": len(segments), "codes": len(chunk.codes),
+                                               "segment_end": chunk.final, "stopped": chunk.stopped,
+                                               "text_tokens": len(segment.ids) if chunk.final else 0,
+                                               "elapsed_s": time.perf_counter() - started})
         finally:
-            for task in pending.values():
+            for task in tasks:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending.values(), return_exceptions=True)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _segment(self, segment: Segment, voice: VoiceSpec, options: SamplingOptions,
+                       out: asyncio.Queue) -> None:
+        """Generates and vocodes one segment chunk by chunk into `out`; then None (or the error)."""
+        chunks = self.gpt.generate(voice, segment, options)
+        try:
+            async for chunk in chunks:
+                samples = await self.vocoder.vocode(voice, chunk) if len(chunk.codes) else torch.zeros(0)
+                out.put_nowait((chunk, samples))
+            out.put_nowait(None)
+        except Exception as e:          # handed to the consumer, which raises it in order
+            out.put_nowait(e)
+        finally:
+            await chunks.aclose()
 
     async def synthesize(self, text: str, voice: VoiceSpec, options: SamplingOptions = SamplingOptions(),
                          max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT) -> torch.Tensor:
@@ -100,5 +93,8 @@ class Synthesizer:
         return torch.cat(parts) if parts else torch.zeros(0)
 
 
-def _with_seed(options: SamplingOptions, seed: int) -> SamplingOptions:
-    return replace(options, seed=seed % 2**63)
+def _segment_options(options: SamplingOptions, index: int, count: int) -> SamplingOptions:
+    """Distinct but reproducible randomness per segment when a seed is given."""
+    if options.seed is None or count == 1:
+        return options
+    return replace(options, seed=(options.seed + index) % 2**63)

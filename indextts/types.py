@@ -6,8 +6,11 @@ embedding width.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -98,16 +101,17 @@ class Voice:
 
 @dataclass(frozen=True, eq=False)
 class CodeChunk:
-    """Codes produced by the GPT for one segment.
+    """Consecutive codes of one segment with their latents: what the vocoder consumes.
 
-    Partial chunks (`final=False`) carry new codes as generated, before the original's
-    post-processing; the final chunk carries the segment's post-processed codes (long silences
-    shortened, stop code removed) and their latents, which is what the vocoder consumes."""
+    Codes are the original's post-processed codes (long silences shortened, stop code removed);
+    `start` is the index of the first of them in the segment. The segment's last chunk has
+    `final=True` and says whether the stop code came (`stopped`; False: hit the code limit)."""
 
-    codes: torch.Tensor               # [n] int64, stop code excluded
-    latents: Optional[torch.Tensor] = None   # [n, D] float, filled once known
-    final: bool = False               # last chunk of the segment
-    stopped: bool = False             # the stop code was produced (False: hit max codes)
+    codes: torch.Tensor               # [n] int64
+    latents: torch.Tensor             # [n, D] float32, on the CPU
+    start: int = 0
+    final: bool = False
+    stopped: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,3 +122,27 @@ class AudioChunk:
     sample_rate: int = 24000
     final: bool = False
     metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """One or more reference recordings that make up a voice, with optional mixing weights."""
+
+    references: tuple[str, ...]              # absolute paths of reference audio files
+    weights: Optional[tuple[float, ...]] = None
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.references:
+            raise ValueError("a voice needs at least one reference recording")
+        if self.weights is not None and len(self.weights) != len(self.references):
+            raise ValueError("give one weight per reference")
+
+    @functools.cached_property
+    def key(self) -> str:
+        """Content key: the same recordings and weights give the same key, whatever their names."""
+        h = hashlib.sha256()
+        for ref in self.references:
+            h.update(hashlib.sha256(Path(ref).read_bytes()).digest())
+        h.update(repr(self.weights).encode())
+        return h.hexdigest()[:32]

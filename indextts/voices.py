@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 
 from indextts.audio import ReferenceLimits, load_reference
 from indextts.errors import AudioError, VoiceError
-from indextts.stages import VoiceSpec
+from indextts.types import VoiceSpec
 
 logger = logging.getLogger(__name__)
 

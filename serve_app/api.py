@@ -28,9 +28,8 @@ from starlette.exceptions import HTTPException
 from indextts.audio import SAMPLE_RATE
 from indextts.errors import AudioError, IndexTTSError, OptionsError, TextError, VoiceError
 from indextts.formats import FORMATS, SpeechEncoder, audio_format, check_speed
-from indextts.stages import VoiceSpec
 from indextts.synthesis import DEFAULT_MAX_TOKENS_PER_SEGMENT, Synthesizer
-from indextts.types import AudioChunk, SamplingOptions
+from indextts.types import AudioChunk, SamplingOptions, VoiceSpec
 from indextts.voices import VoiceExistsError, VoiceNotFoundError, VoiceRegistry
 
 logger = logging.getLogger(__name__)
@@ -174,7 +173,7 @@ class EncodedAudio:
         try:
             chunk = self.first
             while chunk is not None:
-                segments += 1
+                segments += bool(chunk.metadata.get("segment_end", True))
                 self.input_tokens += int(chunk.metadata.get("text_tokens", 0))
                 self.output_tokens += int(chunk.metadata.get("codes", 0))
                 # Encoding is CPU work: keep it off the replica's event loop.

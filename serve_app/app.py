@@ -62,12 +62,11 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
     gpu, cpus = args.on_gpu, args.num_cpus
     frontend = Frontend.options(ray_actor_options={"num_cpus": cpus}).bind(make_frontend)
     gpt = GPT.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.gpt_num_gpus if gpu else 0}
-                      ).bind(make_gpt, args.bench_forced_codes)
+                      ).bind(make_gpt)
     vocoder = Vocoder.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.vocoder_num_gpus if gpu else 0}
-                              ).bind(make_vocoder, args.vocoder_max_batch_size, args.vocoder_batch_wait_timeout_s)
+                              ).bind(make_vocoder)
     return Ingress.options(ray_actor_options={"num_cpus": cpus}).bind(
         frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead)
-
 
 
 def _is_local_path(model_dir: str) -> bool:

@@ -47,15 +47,12 @@ class AppArgs(BaseModel):
                                               description="CPUs each replica reserves; default 1 with "
                                                           "device=cuda, 0.25 with device=cpu (so the whole "
                                                           "graph fits on a laptop's cores)")
-    vocoder_max_batch_size: int = Field(8, ge=1, le=256)
-    vocoder_batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
+    vocoder_max_batch_size: int = Field(8, ge=1, le=256, description="chunks per BigVGAN call (those "
+                                        "waiting while a call runs go together in the next)")
     vocoder_mixed_length_batches: bool = Field(
         False, description="batch segments of different lengths (right-padded, per-item lengths): "
         "more batching under load, equal to unbatched output up to float rounding (~1e-6), not bit for bit")
     max_tokens_per_segment: int = Field(120, ge=1, le=600)
-    bench_forced_codes: Optional[int] = Field(
-        None, ge=1, le=2000, description="benchmarks on random-weight checkpoints only: every segment "
-        "generates exactly this many codes, ignoring the stop code (random weights rarely emit it)")
     max_input_chars: int = Field(4096, ge=1)
     segment_lookahead: int = Field(4, ge=1, le=64, description="segments generated ahead of playback")
     max_upload_files: int = Field(8, ge=1, le=64)
@@ -85,58 +82,32 @@ class AppArgs(BaseModel):
         return Path(self.voices_dir).expanduser().resolve() if self.voices_dir else DEFAULT_VOICES_DIR
 
 
+    def stage_options(self):
+        """The library's `StageOptions` for these arguments."""
+        import torch
+
+        from indextts.stages import StageOptions
+
+        engine_kwargs = {"max_num_seqs": self.max_num_seqs}
+        if self.enforce_eager is not None:
+            engine_kwargs["enforce_eager"] = self.enforce_eager
+        return StageOptions(device=self.device, dtype=None if self.dtype == "auto" else getattr(torch, self.dtype),
+                            engine=self.gpt_engine, gpu_memory_utilization=self.gpu_memory_utilization,
+                            engine_kwargs=engine_kwargs, text_cache_dir=self.text_cache_dir,
+                            voice_cache_size=self.voice_cache_size, vocoder_max_batch=self.vocoder_max_batch_size,
+                            vocoder_mixed_length_batches=self.vocoder_mixed_length_batches)
+
+
 @dataclass(frozen=True)
 class StageFactory:
-    """Builds one real stage from `AppArgs` when a replica starts (`stage` picks which)."""
+    """Builds one real stage from `AppArgs` when a replica starts (`stage` picks which), through
+    the library's `build_stages`."""
 
     stage: Literal["frontend", "gpt", "vocoder"]
     args: AppArgs
 
     def __call__(self):
-        return {"frontend": make_frontend_stage, "gpt": make_gpt_stage,
-                "vocoder": make_vocoder_stage}[self.stage](self.args)
+        from indextts.stages import build_stages
 
-
-def _device_and_dtype(args: AppArgs):
-    import torch
-
-    from indextts.pipeline import default_dtype, parse_device
-
-    device = parse_device(args.device)
-    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
-    return device, dtype
-
-
-def make_frontend_stage(args: AppArgs):
-    from indextts.checkpoint import CheckpointInfo
-    from indextts.pipeline import TextFrontendStage
-
-    info = CheckpointInfo.from_dir(args.model_dir, require_weights=False)
-    return TextFrontendStage.from_model_dir(info.model_dir, cache_dir=args.text_cache_dir)
-
-
-def make_gpt_stage(args: AppArgs):
-    from indextts.checkpoint import CheckpointInfo
-
-    info = CheckpointInfo.from_dir(args.model_dir)
-    device, dtype = _device_and_dtype(args)
-    if args.gpt_engine == "torch":
-        from indextts.pipeline import TorchGPTStage
-        return TorchGPTStage.from_checkpoint(info, device, dtype, cache_size=args.voice_cache_size)
-    from indextts.vllm.stage import VLLMGPTStage
-    engine_options = {"max_num_seqs": args.max_num_seqs}
-    if args.enforce_eager is not None:
-        engine_options["enforce_eager"] = args.enforce_eager
-    return VLLMGPTStage.from_checkpoint(info, device, dtype, gpu_memory_utilization=args.gpu_memory_utilization,
-                                        cache_size=args.voice_cache_size, **engine_options)
-
-
-def make_vocoder_stage(args: AppArgs):
-    from indextts.checkpoint import CheckpointInfo
-    from indextts.pipeline import VocoderEngineStage, vocoder_dtype
-
-    info = CheckpointInfo.from_dir(args.model_dir)
-    device, dtype = _device_and_dtype(args)
-    return VocoderEngineStage.from_checkpoint(info, device, vocoder_dtype(device, dtype),
-                                              cache_size=args.voice_cache_size, max_batch=args.vocoder_max_batch_size,
-                                              mixed_length_batches=args.vocoder_mixed_length_batches)
+        built = build_stages(self.args.model_dir, self.args.stage_options(), only=(self.stage,))
+        return getattr(built, self.stage)

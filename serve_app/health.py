@@ -1,29 +1,28 @@
-"""Replica health and shutdown hooks shared by the stage deployments: ask the injected stage."""
+"""What every stage deployment does with its injected stage: health checks and shutdown."""
 
 from __future__ import annotations
 
-import inspect
 import logging
+
+from indextts.stages import Stage
 
 logger = logging.getLogger(__name__)
 
 
-async def check_stage(stage) -> None:
-    """Raise if the stage reports itself unhealthy (e.g. a dead vLLM engine); stages without a
-    `check_health` are healthy while their replica answers."""
-    check = getattr(stage, "check_health", None)
-    if check is not None:
-        result = check()
-        if inspect.isawaitable(result):
-            await result
+class StageDeployment:
+    """Base of the stage deployments: Serve's health check asks the stage; the replica's end
+    closes it (its engine and threads)."""
 
+    stage: Stage
 
-def close_stage(stage) -> None:
-    """Release the stage's engine and threads when Serve stops the replica."""
-    close = getattr(stage, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except Exception:  # shutting down anyway: log, do not mask the shutdown
-        logger.exception("closing %s failed", type(stage).__name__)
+    async def check_health(self) -> None:
+        await self.stage.check_health()
+
+    def __del__(self):
+        stage = self.__dict__.get("stage")     # None if the constructor failed before building it
+        if stage is None:
+            return
+        try:
+            stage.close()
+        except Exception:  # shutting down anyway: log, do not mask the shutdown
+            logger.exception("closing %s failed", type(stage).__name__)

@@ -20,16 +20,16 @@ import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from indextts.stages import VoiceSpec
+from indextts.stages import FrontendStage, GPTStage, VocoderStage
 from indextts.synthesis import Synthesizer
-from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment
+from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment, VoiceSpec
 from indextts.voices import VoiceRegistry
 from serve_app.api import ServiceSettings, SpeechService, build_api
 
 logger = logging.getLogger(__name__)
 
 
-class _FrontendClient:
+class _FrontendClient(FrontendStage):
     """`FrontendStage` over the Frontend deployment."""
 
     def __init__(self, handle: DeploymentHandle):
@@ -39,16 +39,15 @@ class _FrontendClient:
         return await self.handle.process.remote(text, max_tokens_per_segment)
 
 
-class _GPTClient:
+class _GPTClient(GPTStage):
     """`GPTStage` over the GPT deployment; closing the stream early cancels the remote call."""
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle.options(stream=True)
 
-    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions,
-                       partial: bool = True) -> AsyncIterator[CodeChunk]:
-        # The synthesizer asks for each segment's final chunk only (all codes + latents).
-        responses = self.handle.generate.remote(voice, segment, options, partial=partial)
+    async def generate(self, voice: VoiceSpec, segment: Segment,
+                       options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
+        responses = self.handle.generate.remote(voice, segment, options)
         finished = False
         try:
             async for chunk in responses:
@@ -59,14 +58,14 @@ class _GPTClient:
                 responses.cancel()
 
 
-class _VocoderClient:
+class _VocoderClient(VocoderStage):
     """`VocoderStage` over the Vocoder deployment."""
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
-    async def vocode(self, voice: VoiceSpec, latents: torch.Tensor) -> torch.Tensor:
-        return await self.handle.vocode.remote(voice, latents)
+    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
+        return await self.handle.vocode.remote(voice, chunk)
 
 
 class _ServeMetrics:

@@ -46,3 +46,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# -- vLLM: one event loop and one engine for the whole session (start-up dominates) ------------
+
+@pytest.fixture(scope="session")
+def loop():
+    from vllm_support import Loop
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture(scope="session")
+def engine(loop):
+    pytest.importorskip("vllm")
+    from vllm_support import start_engine, stop_engine
+    eng = start_engine(loop, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2, max_num_seqs=16)
+    loop.run(eng.warm_up())
+    assert eng.num_running_requests() == 0 and eng.num_active_streams() == 0
+    yield eng
+    stop_engine(loop, eng)
+
+
+@pytest.fixture(scope="session")
+def torch_gpt():
+    from indextts.checkpoint import CheckpointInfo, load_gpt
+    return load_gpt(CheckpointInfo.from_dir(TINY))
+
+
+@pytest.fixture(scope="session")
+def sentences(expected_meta):
+    return [s["ids"] for s in expected_meta["sentences"]]

@@ -20,9 +20,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from indextts.errors import AudioError, TextError
-from indextts.stages import VoiceSpec
+from indextts.batching import BatchQueue
+from indextts.stages import FrontendStage, GPTStage, VocoderStage
 from indextts.synthesis import Synthesizer
-from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment
+from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment, VoiceSpec
 from indextts.voices import VoiceRegistry
 from serve_app.api import ServiceSettings, SpeechService, build_api
 
@@ -32,9 +33,9 @@ SR = 24000
 HOP = 1024
 
 
-# -- fakes implementing the stage protocols -----------------------------------------------------
+# -- fakes implementing the stage interfaces -----------------------------------------------------
 
-class FakeFrontend:
+class FakeFrontend(FrontendStage):
     """One segment per sentence; one "token" per character."""
 
     async def process(self, text: str, max_tokens_per_segment: int) -> FrontendResult:
@@ -49,7 +50,7 @@ class FakeFrontend:
         return FrontendResult(normalized=text, pieces=(), ids=ids, segments=segments)
 
 
-class FakeGPT:
+class FakeGPT(GPTStage):
     """One code per text token; latents encode the voice and the options, so tests can see them.
 
     `delay` slows each code down; `log` (a file path) records requests and cancellations, which
@@ -66,7 +67,7 @@ class FakeGPT:
             with open(self.log, "a") as f:
                 f.write(json.dumps(event) + "\n")
 
-    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions, partial: bool = True):
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions()):
         if any("broken" in r for r in voice.references):
             raise AudioError("reference audio is silent")
         if segment.text.startswith("crash"):
@@ -75,39 +76,46 @@ class FakeGPT:
         self._record({"event": "start", "text": segment.text})
         n = len(segment.ids)
         codes = torch.arange(n, dtype=torch.long) % 8192
+        level = 0.1 + (int(voice.key[:4], 16) % 100) / 500 + (0.1 if options.greedy else 0.0)
+        latents = torch.full((n, 4), level)
         try:
-            for i in range(0, n, 4):
+            for i in range(0, n, 4):       # chunks of 4 codes, each with its latents
                 if self.delay:
                     await asyncio.sleep(self.delay * min(4, n - i))
-                yield CodeChunk(codes=codes[i:i + 4])
+                final = i + 4 >= n
+                if final:
+                    self._record({"event": "done", "text": segment.text})
+                yield CodeChunk(codes=codes[i:i + 4], latents=latents[i:i + 4], start=i, final=final, stopped=final)
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
             self._record({"event": "cancelled", "text": segment.text})
             raise
-        level = 0.1 + (int(voice.key[:4], 16) % 100) / 500 + (0.1 if options.greedy else 0.0)
-        latents = torch.full((n, 4), level)
-        self._record({"event": "done", "text": segment.text})
-        yield CodeChunk(codes=codes, latents=latents, final=True, stopped=True)
 
 
-class FakeVocoder:
-    """A 200 Hz tone whose level is the latents' value: `[n, D]` -> `[n * 1024]`. `vocode_batch`
-    logs its batch sizes to `log` (a file path), so tests can see batching across processes."""
+class FakeVocoder(VocoderStage):
+    """A 200 Hz tone whose level is the latents' value: `[n, D]` -> `[n * 1024]`. Concurrent calls
+    are batched as the real stage batches them; each batch's size goes to `log` (a file path), so
+    tests can see batching across processes."""
 
     def __init__(self, log: str | None = None):
         self.log = log
+        self._queue = BatchQueue(self._vocode_batch)
 
-    async def vocode_batch(self, voices: list[VoiceSpec], latents: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
+        return await self._queue.submit(chunk.latents)
+
+    async def _vocode_batch(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.log:
             with open(self.log, "a") as f:
                 f.write(f"{len(latents)}\n")
         await asyncio.sleep(0.05)      # a GPU call's latency, so that concurrent calls queue up
-        return [await self.vocode(v, x) for v, x in zip(voices, latents)]
+        return [tone(x) for x in latents]
 
-    async def vocode(self, voice: VoiceSpec, latents: torch.Tensor) -> torch.Tensor:
-        n = latents.shape[0] * HOP
-        t = torch.arange(n, dtype=torch.float64) / SR
-        return (latents[:, 0].repeat_interleave(HOP).double() * torch.sin(2 * math.pi * 200 * t)).float()
+
+def tone(latents: torch.Tensor) -> torch.Tensor:
+    n = latents.shape[0] * HOP
+    t = torch.arange(n, dtype=torch.float64) / SR
+    return (latents[:, 0].repeat_interleave(HOP).double() * torch.sin(2 * math.pi * 200 * t)).float()
 
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -190,9 +190,9 @@ def test_warns_when_no_stop_code_comes(model, meta, conds, caplog):
 
 
 def test_ignore_stop_runs_to_max_codes(model, expected, meta, conds, caplog):
-    options = SamplingOptions(greedy=True, repetition_penalty=10.0, max_codes=30, ignore_stop=True)
+    options = SamplingOptions(greedy=True, repetition_penalty=10.0, max_codes=30)
     with caplog.at_level(logging.WARNING, logger="indextts.gpt.generation"):
-        result = generate_codes(model, conds["ref_a"], text_ids(meta, 0), options)
+        result = generate_codes(model, conds["ref_a"], text_ids(meta, 0), options, ignore_stop=True)
     golden = expected["s0.ref_a.rp10.codes_raw"][0].tolist()   # stops after 8 codes
     assert result.codes_raw.tolist()[:len(golden)] == golden
     assert result.codes_raw.numel() == 30 and torch.equal(result.codes, result.codes_raw)

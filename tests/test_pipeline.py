@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -11,8 +12,9 @@ import torch
 
 from indextts.cli import main
 from indextts.errors import AudioError, OptionsError, TextError, VoiceError
-from indextts.pipeline import IndexTTS, parse_device, vocoder_dtype
-from indextts.types import SamplingOptions
+from indextts.pipeline import IndexTTS
+from indextts.stages.builder import parse_device, vocoder_dtype
+from indextts.types import CodeChunk, SamplingOptions
 
 from conftest import TINY
 
@@ -208,40 +210,39 @@ def test_closing_a_torch_segment_stream_stops_its_worker(tts, monkeypatch):
             yield code
 
     monkeypatch.setattr(generation, "stream_codes", counting)
+    # run to max_codes whatever the codes (the engine argument benchmarks use on random weights)
+    monkeypatch.setattr(tts.gpt.engine, "generate", functools.partial(tts.gpt.engine.generate, ignore_stop=True))
     voice = tts.voice(TINY / "ref_a.wav")
-    options = SamplingOptions.deterministic(max_codes=60, ignore_stop=True)
+    options = SamplingOptions.deterministic(max_codes=60)
+    segment = Segment((3, 160, 26, 225, 99))
 
-    async def first_chunk_then_close():
-        gen = tts.gpt.generate(voice, Segment((3, 160, 26, 225, 99)), options)
-        chunk = await gen.__anext__()
+    async def close_while_generating():
+        gen = tts.gpt.generate(voice, segment, options)
+        first = asyncio.ensure_future(gen.__anext__())
+        while len(produced) < 16:
+            await asyncio.sleep(0.001)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
         await gen.aclose()
-        return chunk
 
-    chunk = tts.run(first_chunk_then_close())
-    assert not chunk.final and len(chunk.codes) == 16
+    tts.run(close_while_generating())
     assert 16 <= len(produced) < 60      # the worker stopped soon after the consumer left
-    full = tts.run(_collect(tts.gpt.generate(voice, Segment((3, 160, 26, 225, 99)), options)))
-    assert len(full.codes) == 60
-
-    async def all_chunks(**kw):
-        return [c async for c in tts.gpt.generate(voice, Segment((3, 160, 26, 225, 99)), options, **kw)]
-    (only,) = tts.run(all_chunks(partial=False))      # the final chunk alone, equal to the streamed one
-    assert only.final and torch.equal(only.codes, full.codes) and torch.equal(only.latents, full.latents)
-    assert len(tts.run(all_chunks())) > 1
+    chunks = tts.run(_all(tts.gpt.generate(voice, segment, options)))
+    assert chunks[-1].final and sum(len(c.codes) for c in chunks) == 60
+    assert all(c.latents.shape == (len(c.codes), tts.gpt.cfg.model_dim) for c in chunks)
 
 
-async def _collect(gen):
-    final = None
-    async for chunk in gen:
-        final = chunk
-    return final
+async def _all(gen):
+    return [chunk async for chunk in gen]
 
 
 def _counting_stage(mixed: bool, max_batch: int = 32):
     from indextts.checkpoint import CheckpointInfo
-    from indextts.pipeline import VocoderEngineStage
-    stage = VocoderEngineStage.from_checkpoint(CheckpointInfo.from_dir(TINY), torch.device("cpu"), torch.float32,
-                                               max_batch=max_batch, mixed_length_batches=mixed)
+    from indextts.stages import StageOptions
+    from indextts.stages.vocoder import BigVGANStage
+    stage = BigVGANStage.from_checkpoint(CheckpointInfo.from_dir(TINY), StageOptions(
+        vocoder_max_batch=max_batch, vocoder_mixed_length_batches=mixed))
     calls = []
     forward = stage.model.forward
 
@@ -264,7 +265,7 @@ def test_concurrent_vocode_calls_share_bigvgan_calls(tts, mixed):
     lats = [torch.randn(n, stage.model.cfg.gpt_dim) for n in lengths]
 
     async def run():
-        return await asyncio.gather(*(stage.vocode(voice, x) for x in lats))
+        return await asyncio.gather(*(stage.vocode(voice, CodeChunk(torch.zeros(len(x)), x)) for x in lats))
     try:
         wavs = asyncio.run(run())
         singles = [stage.vocode_batch_sync([voice], [x])[0] for x in lats]
@@ -306,7 +307,7 @@ def test_vllm_engine_pipeline_on_cuda_reproduces_golden_waveform(expected, expec
 
 
 def test_keyed_cache_computes_a_key_once_for_concurrent_misses():
-    from indextts.pipeline import KeyedCache
+    from indextts.stages.conditioning import KeyedCache
     cache = KeyedCache(capacity=2)
     calls = []
 
@@ -345,14 +346,14 @@ def test_a_full_segment_with_a_closing_quote_still_fits_the_model(tts):
 def test_vocoder_keeps_float32_off_the_gpu():
     """A half-precision dtype asked for on a CPU reaches the GPT, not BigVGAN (slow and no more
     exact there), whether the stages come from `from_pretrained` or from the Serve app's args."""
-    from serve_app.config import AppArgs, make_vocoder_stage
+    from serve_app.config import AppArgs, StageFactory
 
     assert vocoder_dtype(torch.device("cpu"), torch.bfloat16) == torch.float32
     assert vocoder_dtype(torch.device("cuda"), torch.bfloat16) == torch.bfloat16
     with IndexTTS.from_pretrained(TINY, device="cpu", dtype=torch.bfloat16) as model:
         assert next(model.gpt.model.parameters()).dtype == torch.bfloat16
         assert model.vocoder.dtype == torch.float32
-    stage = make_vocoder_stage(AppArgs(model_dir=str(TINY), device="cpu", dtype="bfloat16"))
+    stage = StageFactory("vocoder", AppArgs(model_dir=str(TINY), device="cpu", dtype="bfloat16"))()
     try:
         assert stage.dtype == torch.float32
     finally:

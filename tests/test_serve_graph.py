@@ -378,4 +378,4 @@ def test_concurrent_segments_are_vocoded_in_batches(fake_app):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         assert set(pool.map(one, range(16))) == {200}
     sizes = [int(n) for n in batches.read_text().split()[before:]]
-    assert sum(sizes) == 16 and max(sizes) > 1
+    assert sum(sizes) == 32 and max(sizes) > 1         # two chunks of each request's one segment

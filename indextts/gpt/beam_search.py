@@ -57,7 +57,7 @@ def beam_search_codes(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids:
     `options.max_codes`; temperature, top-k, top-p and seed do not apply (no sampling).
     cond_latents: [1, 32, D]; text_ids: [L]."""
     codes, _ = beam_search_hypotheses(model, cond_latents, text_ids, options, num_beams, prompt=prompt)[0]
-    return result_from_raw(model.cfg, codes, options)
+    return result_from_raw(model.cfg, codes)
 
 
 def beam_search_hypotheses(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids: TextIds,
@@ -97,7 +97,7 @@ def _search(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids: TextIds, 
         chosen: list[tuple[float, int, int]] = []     # (score, code, parent beam)
         for rank, (total, index) in enumerate(zip(totals.tolist(), flat.tolist())):
             parent, code = divmod(index, vocab)
-            if code == stop and not options.ignore_stop:
+            if code == stop:
                 if rank < num_beams:
                     hyps.add(list(beams[parent]), total, finished=True)
             else:

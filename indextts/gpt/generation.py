@@ -10,7 +10,7 @@ Conventions reproduced from the original (index-tts f017ab2 + HF transformers 4.
 - The repetition penalty covers every id of the original's model input, whose prompt part is
   fake ids `[1] * P + [8192]`: codes 1 and 8192 are penalised from the first step.
 - Generation stops at the stop code (kept in `codes_raw`) or after `max_codes` codes
-  (`SamplingOptions.ignore_stop`, for benchmarks, always runs to `max_codes`).
+  (`ignore_stop=True`, an engine argument for random-weight checkpoints, always runs to `max_codes`).
 - `remove_long_silence` then shrinks runs of the silence code and cuts at the stop code.
 
 Everything here is a function of its arguments; requests never share mutable state, so the
@@ -118,7 +118,7 @@ def _encode_prompts(model: UnifiedVoice, requests: Sequence[GenerationRequest],
 # -- decoding ---------------------------------------------------------------------------------
 
 def _decode(model: UnifiedVoice, cache: KVCache, logits: torch.Tensor, samplers: list[CodeSampler],
-            options: list[SamplingOptions]) -> Iterator[tuple[int, int]]:
+            options: list[SamplingOptions], ignore_stop: bool = False) -> Iterator[tuple[int, int]]:
     """Core loop. cache: B rows holding their prompts; logits: [B, V] of the first step.
     Yields (row, code) as codes are chosen; finished rows leave the batch."""
     stop = model.cfg.stop_mel_token
@@ -130,10 +130,10 @@ def _decode(model: UnifiedVoice, cache: KVCache, logits: torch.Tensor, samplers:
         for pos, row in enumerate(rows):
             code = samplers[row].choose(logits[pos])
             yield row, code
-            if code == stop and not options[row].ignore_stop:
+            if code == stop and not ignore_stop:
                 continue
             if step + 1 >= limits[row]:
-                if not options[row].ignore_stop:
+                if not ignore_stop:
                     where = f" (batch row {row})" if len(samplers) > 1 else ""
                     logger.warning("no stop code within %d codes%s; the audio may end abruptly. Shorten the "
                                    "segment or raise max_codes", limits[row], where)
@@ -175,9 +175,9 @@ def _sampler(model: UnifiedVoice, options: SamplingOptions) -> CodeSampler:
 @torch.no_grad()
 def stream_codes(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids: TextIds,
                  options: SamplingOptions = SamplingOptions(), *,
-                 prompt: Optional[EncodedPrompt] = None) -> Iterator[int]:
+                 prompt: Optional[EncodedPrompt] = None, ignore_stop: bool = False) -> Iterator[int]:
     """Yields raw codes one by one as they are generated; the stop code, when it comes, is the
-    last one yielded (with `ignore_stop`, exactly `max_codes` codes come).
+    last one yielded (`ignore_stop`: an ordinary code, and exactly `max_codes` codes come).
     cond_latents: [1, 32, D]; text_ids: [L] BPE ids of one segment.
 
     Pass `prompt` (from `encode_prompt` on the same inputs) to skip the prompt pass. Closing the
@@ -186,16 +186,17 @@ def stream_codes(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids: Text
     if prompt is None:
         prompt = encode_prompt(model, cond_latents, text_ids)
     cache = prompt.cache.copy(prompt.length + limit - 1)
-    for _, code in _decode(model, cache, prompt.start_logits.unsqueeze(0), [_sampler(model, options)], [options]):
+    for _, code in _decode(model, cache, prompt.start_logits.unsqueeze(0), [_sampler(model, options)], [options],
+                           ignore_stop):
         yield code
 
 
 def generate_codes(model: UnifiedVoice, cond_latents: torch.Tensor, text_ids: TextIds,
                    options: SamplingOptions = SamplingOptions(), *,
-                   prompt: Optional[EncodedPrompt] = None) -> GenerationResult:
+                   prompt: Optional[EncodedPrompt] = None, ignore_stop: bool = False) -> GenerationResult:
     """Generates the codes of one segment. cond_latents: [1, 32, D]; text_ids: [L]."""
-    raw = list(stream_codes(model, cond_latents, text_ids, options, prompt=prompt))
-    return result_from_raw(model.cfg, raw, options)
+    raw = list(stream_codes(model, cond_latents, text_ids, options, prompt=prompt, ignore_stop=ignore_stop))
+    return result_from_raw(model.cfg, raw, ignore_stop)
 
 
 def generate_codes_batch(model: UnifiedVoice, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -211,15 +212,14 @@ def generate_codes_batch(model: UnifiedVoice, requests: Sequence[GenerationReque
         raw: list[list[int]] = [[] for _ in requests]
         for row, code in _decode(model, cache, logits, samplers, options):
             raw[row].append(code)
-    return [result_from_raw(model.cfg, r, o) for r, o in zip(raw, options)]
+    return [result_from_raw(model.cfg, r) for r in raw]
 
 
-def result_from_raw(cfg: GPTConfig, raw: list[int], options: SamplingOptions) -> GenerationResult:
+def result_from_raw(cfg: GPTConfig, raw: list[int], ignore_stop: bool = False) -> GenerationResult:
     """Raw codes as generated (by either engine) -> GenerationResult (silence shrunk, stop code
-    noted). With `options.ignore_stop` the codes are kept as they came (the stop code is an
-    ordinary code)."""
+    noted). With `ignore_stop` the codes are kept as they came (the stop code is an ordinary code)."""
     codes_raw = torch.tensor(raw, dtype=torch.long)
-    if options.ignore_stop:
+    if ignore_stop:
         return GenerationResult(codes_raw, codes_raw.clone(), False)
     stop = cfg.stop_mel_token
     return GenerationResult(codes_raw, shrink_silence(codes_raw, stop), bool(raw) and raw[-1] == stop)

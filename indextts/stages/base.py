@@ -1,0 +1,56 @@
+"""The stage interfaces, shared by the single-process facade and the Ray Serve graph.
+
+Every stage is an object with async methods; the GPT stage's call is an async generator. The
+Serve deployments in `serve_app/` are thin shims over objects of these classes (and the ingress
+talks to them through clients of the same classes), so the same synthesizer runs in one process
+(`indextts.pipeline`) and as a Serve graph.
+
+Voices travel between stages as a `VoiceSpec` (paths + weights + a content key), never as
+tensors: each stage computes its own part of the voice (the GPT stage the conditioning latents,
+the vocoder the speaker embedding) once per key and caches it.
+
+Chunks: the GPT stage yields a segment as `CodeChunk`s, each with its codes and their latents;
+the vocoder turns one chunk into that chunk's audio. A chunk may be a whole segment.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import AsyncIterator
+
+import torch
+
+from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment, VoiceSpec
+
+
+class Stage:
+    """Life cycle every stage has; the defaults suit stages with nothing to prepare or release."""
+
+    async def warm_up(self) -> None:
+        """Do what would otherwise slow the first request (compilation, first-use kernels)."""
+
+    async def check_health(self) -> None:
+        """Raise if the stage cannot serve (e.g. its engine died)."""
+
+    def close(self) -> None:
+        """Release engines and threads; the stage is unusable afterwards."""
+
+
+class FrontendStage(Stage, abc.ABC):
+    @abc.abstractmethod
+    async def process(self, text: str, max_tokens_per_segment: int) -> FrontendResult:
+        """Normalised text, BPE ids and segments of at most `max_tokens_per_segment` ids."""
+
+
+class GPTStage(Stage, abc.ABC):
+    @abc.abstractmethod
+    def generate(self, voice: VoiceSpec, segment: Segment,
+                 options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
+        """The segment's codes with their latents, in chunks; the last has `final=True`.
+        Closing the generator early aborts the generation."""
+
+
+class VocoderStage(Stage, abc.ABC):
+    @abc.abstractmethod
+    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
+        """The chunk's `[n, D]` latents -> its `[n * 1024]` float32 samples at 24 kHz."""

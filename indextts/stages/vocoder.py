@@ -1,0 +1,117 @@
+"""The vocoder stage: BigVGAN, conditioned on each voice's ECAPA speaker embedding."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import torch
+
+from indextts.audio import ReferenceLimits
+from indextts.batching import BatchQueue
+from indextts.checkpoint import CheckpointInfo, load_vocoder
+from indextts.errors import OptionsError
+from indextts.stages.base import VocoderStage
+from indextts.stages.conditioning import KeyedCache, voice_mels, weights_or_uniform
+from indextts.types import CodeChunk, VoiceSpec
+
+# Mixed-length vocoder batches: the longest item at most this many times the shortest, plus a
+# slack in frames so that short chunks (cheap to pad, costly in kernel launches) always share.
+MIXED_LENGTH_RATIO = 1.5
+MIXED_LENGTH_SLACK = 16
+
+
+class BigVGANStage(VocoderStage):
+    """Speaker embedding per voice (cached) and chunk latents -> audio.
+
+    Concurrent `vocode()` calls are batched: while one BigVGAN call runs, new chunks queue and go
+    together in the next (at most `max_batch` per call), so concurrent streams share the
+    vocoder's per-call cost. Items of equal length are stacked, no padding; a batched
+    convolution may still sum in another order than an unbatched one, so results can differ in
+    the last float bit (at most one int16 step after conversion). With `mixed_length_batches`,
+    items of different lengths share a call too, right-padded with per-item lengths
+    (`BigVGAN.forward(..., lengths)`): equal to the unbatched result up to float rounding, but
+    a different computation from the unpadded one, hence opt-in."""
+
+    def __init__(self, model, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64,
+                 max_workers: int = 2, max_batch: int = 32, mixed_length_batches: bool = False):
+        if max_batch < 1:
+            raise OptionsError(f"max_batch must be at least 1, got {max_batch}")
+        self.model = model
+        self.limits = limits
+        self.max_batch = max_batch
+        self.mixed_length_batches = mixed_length_batches
+        self._voices = KeyedCache(cache_size)
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vocoder")
+        # Everything waiting goes to one vocode_batch call, which splits it into max_batch groups.
+        self._queue = BatchQueue(self._vocode_items)
+
+    @classmethod
+    def from_checkpoint(cls, info: CheckpointInfo, options) -> "BigVGANStage":
+        model = load_vocoder(info, options.torch_device, options.vocoder_dtype)
+        return cls(model, options.reference_limits, options.voice_cache_size,
+                   max_batch=options.vocoder_max_batch, mixed_length_batches=options.vocoder_mixed_length_batches)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def speaker_embedding(self, voice: VoiceSpec) -> torch.Tensor:
+        """`[1, 1, S]`: the (weighted) mean of the references' ECAPA embeddings, computed once."""
+        return self._voices.get_or_compute(voice.key, lambda: self._compute_speaker(voice))
+
+    @torch.no_grad()
+    def _compute_speaker(self, voice: VoiceSpec) -> torch.Tensor:
+        embs = [self.model.speaker_embedding(mel.to(self.device, self.dtype)) for mel in voice_mels(voice, self.limits)]
+        w = weights_or_uniform(voice.weights, len(embs)).to(self.device, torch.float32)
+        return (torch.stack(embs).float() * w.view(-1, 1, 1, 1)).sum(0).to(self.dtype)
+
+    def _groups(self, latents: Sequence[torch.Tensor]) -> list[list[int]]:
+        """Indices of the non-empty items, grouped into BigVGAN calls of at most `max_batch`.
+        Equal lengths only, unless `mixed_length_batches`: then lengths sorted, and a call's
+        longest item at most `MIXED_LENGTH_RATIO` x its shortest + `MIXED_LENGTH_SLACK` frames,
+        which bounds the padding."""
+        order = sorted((i for i, lat in enumerate(latents) if lat.shape[0] > 0), key=lambda i: latents[i].shape[0])
+        groups: list[list[int]] = []
+        for i in order:
+            n = latents[i].shape[0]
+            if groups and len(groups[-1]) < self.max_batch:
+                first = latents[groups[-1][0]].shape[0]
+                if n == first or (self.mixed_length_batches and n <= MIXED_LENGTH_RATIO * first + MIXED_LENGTH_SLACK):
+                    groups[-1].append(i)
+                    continue
+            groups.append([i])
+        return groups
+
+    @torch.no_grad()
+    def vocode_batch_sync(self, voices: Sequence[VoiceSpec], latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each `[n_i, D]` latents -> `[n_i * 1024]` float32 samples on the CPU (see the class
+        docstring for how items share calls)."""
+        out: list[torch.Tensor] = [torch.zeros(0)] * len(latents)
+        hop = self.model.hop_length
+        for idx in self._groups(latents):
+            lengths = [latents[i].shape[0] for i in idx]
+            spk = torch.cat([self.speaker_embedding(voices[i]) for i in idx])               # [B, 1, S]
+            lat = torch.nn.utils.rnn.pad_sequence([latents[i] for i in idx], batch_first=True)  # right-padded
+            lat = lat.to(self.device, self.dtype)                                            # [B, n_max, D]
+            padded = len(set(lengths)) > 1
+            wav = self.model(lat, spk, torch.tensor(lengths) if padded else None)[:, 0].float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = wav[row, :lengths[row] * hop].clone()    # its own storage, not a view of the batch
+        return out
+
+    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
+        return await self._queue.submit((voice, chunk.latents))
+
+    async def _vocode_items(self, items: list[tuple[VoiceSpec, torch.Tensor]]) -> list[torch.Tensor]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.vocode_batch_sync,
+                                          [v for v, _ in items], [x for _, x in items])
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
