@@ -156,75 +156,8 @@ class IndexTTSConfig:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
         reader = _Reader(source)
-        gpt_raw = reader.section(raw, "gpt")
-        cond_raw = reader.section(gpt_raw, "condition_module", prefix="gpt")
-        cond = ConditioningConfig(
-            output_size=reader.int(cond_raw, "output_size", "gpt.condition_module"),
-            linear_units=reader.int(cond_raw, "linear_units", "gpt.condition_module"),
-            attention_heads=reader.int(cond_raw, "attention_heads", "gpt.condition_module"),
-            num_blocks=reader.int(cond_raw, "num_blocks", "gpt.condition_module"),
-            input_layer=reader.str(cond_raw, "input_layer", "gpt.condition_module", default="conv2d2"),
-            perceiver_mult=reader.int(cond_raw, "perceiver_mult", "gpt.condition_module", default=2),
-        )
-        g = "gpt"
-        gpt = GPTConfig(
-            model_dim=reader.int(gpt_raw, "model_dim", g),
-            layers=reader.int(gpt_raw, "layers", g),
-            heads=reader.int(gpt_raw, "heads", g),
-            max_mel_tokens=reader.int(gpt_raw, "max_mel_tokens", g),
-            max_text_tokens=reader.int(gpt_raw, "max_text_tokens", g),
-            number_text_tokens=reader.int(gpt_raw, "number_text_tokens", g),
-            number_mel_codes=reader.int(gpt_raw, "number_mel_codes", g, default=8194),
-            start_mel_token=reader.int(gpt_raw, "start_mel_token", g, default=8192),
-            stop_mel_token=reader.int(gpt_raw, "stop_mel_token", g, default=8193),
-            start_text_token=reader.int(gpt_raw, "start_text_token", g, default=0),
-            stop_text_token=reader.int(gpt_raw, "stop_text_token", g, default=1),
-            activation_function=reader.str(gpt_raw, "activation_function", g, default="gelu_new"),
-            condition_type=reader.str(gpt_raw, "condition_type", g, default="conformer_perceiver"),
-            condition=cond,
-        )
-        if gpt.condition_type != "conformer_perceiver":
-            raise ConfigError(f"{source}: gpt.condition_type {gpt.condition_type!r} is not supported "
-                              "(IndexTTS 1.0/1.5 use 'conformer_perceiver')")
-        if gpt.model_dim % gpt.heads:
-            raise ConfigError(f"{source}: gpt.model_dim ({gpt.model_dim}) must be divisible by gpt.heads ({gpt.heads})")
-
-        b_raw = reader.section(raw, "bigvgan")
-        b = "bigvgan"
-        channels = reader.int_list(b_raw, "speaker_encoder_channels", b,
-                                   default=DEFAULT_SPEAKER_ENCODER_CHANNELS)
-        if len(channels) != 5:
-            raise ConfigError(f"{source}: bigvgan.speaker_encoder_channels must list 5 widths, got {list(channels)}")
-        bigvgan = BigVGANConfig(
-            gpt_dim=reader.int(b_raw, "gpt_dim", b),
-            num_mels=reader.int(b_raw, "num_mels", b, default=100),
-            sampling_rate=reader.int(b_raw, "sampling_rate", b, default=24000),
-            upsample_rates=reader.int_list(b_raw, "upsample_rates", b),
-            upsample_kernel_sizes=reader.int_list(b_raw, "upsample_kernel_sizes", b),
-            upsample_initial_channel=reader.int(b_raw, "upsample_initial_channel", b),
-            resblock=str(reader.value(b_raw, "resblock", b, default="1")),
-            resblock_kernel_sizes=reader.int_list(b_raw, "resblock_kernel_sizes", b),
-            resblock_dilation_sizes=tuple(
-                tuple(_as_int_list(d, f"{source}: bigvgan.resblock_dilation_sizes"))
-                for d in reader.list(b_raw, "resblock_dilation_sizes", b)),
-            activation=reader.str(b_raw, "activation", b, default="snakebeta"),
-            snake_logscale=bool(reader.value(b_raw, "snake_logscale", b, default=True)),
-            speaker_embedding_dim=reader.int(b_raw, "speaker_embedding_dim", b),
-            cond_d_vector_in_each_upsampling_layer=bool(
-                reader.value(b_raw, "cond_d_vector_in_each_upsampling_layer", b, default=True)),
-            feat_upsample=bool(reader.value(b_raw, "feat_upsample", b, default=False)),
-            speaker_encoder_channels=channels,
-        )
-        if len(bigvgan.upsample_rates) != len(bigvgan.upsample_kernel_sizes):
-            raise ConfigError(f"{source}: bigvgan.upsample_rates and upsample_kernel_sizes differ in length")
-        if len(bigvgan.resblock_kernel_sizes) != len(bigvgan.resblock_dilation_sizes):
-            raise ConfigError(f"{source}: bigvgan.resblock_kernel_sizes and resblock_dilation_sizes differ in length")
-        if bigvgan.resblock != "1" or bigvgan.activation != "snakebeta" or bigvgan.feat_upsample:
-            raise ConfigError(f"{source}: only resblock '1', activation 'snakebeta' and feat_upsample false are "
-                              "supported (as in IndexTTS 1.0/1.5)")
-        if bigvgan.gpt_dim != gpt.model_dim:
-            raise ConfigError(f"{source}: bigvgan.gpt_dim ({bigvgan.gpt_dim}) must equal gpt.model_dim ({gpt.model_dim})")
-
+        gpt = _read_gpt(reader, raw)
+        bigvgan = _read_bigvgan(reader, raw, gpt)
         dataset = raw.get("dataset") or {}
         if not isinstance(dataset, Mapping):
             raise ConfigError(f"{source}: 'dataset' must be a mapping")
@@ -246,6 +179,91 @@ def _as_int_list(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise ConfigError(f"{where} must be a list of integers, got {value!r}")
     return tuple(value)
+
+
+def _read_conditioning(reader: "_Reader", gpt_raw: Mapping) -> ConditioningConfig:
+    """`gpt.condition_module`: the conformer + perceiver that make the conditioning latents."""
+    cond_raw = reader.section(gpt_raw, "condition_module", prefix="gpt")
+    c = "gpt.condition_module"
+    return ConditioningConfig(
+        output_size=reader.int(cond_raw, "output_size", c),
+        linear_units=reader.int(cond_raw, "linear_units", c),
+        attention_heads=reader.int(cond_raw, "attention_heads", c),
+        num_blocks=reader.int(cond_raw, "num_blocks", c),
+        input_layer=reader.str(cond_raw, "input_layer", c, default="conv2d2"),
+        perceiver_mult=reader.int(cond_raw, "perceiver_mult", c, default=2),
+    )
+
+
+def _read_gpt(reader: "_Reader", raw: Mapping) -> GPTConfig:
+    """The `gpt` section, checked for what inference supports."""
+    gpt_raw = reader.section(raw, "gpt")
+    cond = _read_conditioning(reader, gpt_raw)
+    g = "gpt"
+    gpt = GPTConfig(
+        model_dim=reader.int(gpt_raw, "model_dim", g),
+        layers=reader.int(gpt_raw, "layers", g),
+        heads=reader.int(gpt_raw, "heads", g),
+        max_mel_tokens=reader.int(gpt_raw, "max_mel_tokens", g),
+        max_text_tokens=reader.int(gpt_raw, "max_text_tokens", g),
+        number_text_tokens=reader.int(gpt_raw, "number_text_tokens", g),
+        number_mel_codes=reader.int(gpt_raw, "number_mel_codes", g, default=8194),
+        start_mel_token=reader.int(gpt_raw, "start_mel_token", g, default=8192),
+        stop_mel_token=reader.int(gpt_raw, "stop_mel_token", g, default=8193),
+        start_text_token=reader.int(gpt_raw, "start_text_token", g, default=0),
+        stop_text_token=reader.int(gpt_raw, "stop_text_token", g, default=1),
+        activation_function=reader.str(gpt_raw, "activation_function", g, default="gelu_new"),
+        condition_type=reader.str(gpt_raw, "condition_type", g, default="conformer_perceiver"),
+        condition=cond,
+    )
+    source = reader.source
+    if gpt.condition_type != "conformer_perceiver":
+        raise ConfigError(f"{source}: gpt.condition_type {gpt.condition_type!r} is not supported "
+                          "(IndexTTS 1.0/1.5 use 'conformer_perceiver')")
+    if gpt.model_dim % gpt.heads:
+        raise ConfigError(f"{source}: gpt.model_dim ({gpt.model_dim}) must be divisible by gpt.heads ({gpt.heads})")
+    return gpt
+
+
+def _read_bigvgan(reader: "_Reader", raw: Mapping, gpt: GPTConfig) -> BigVGANConfig:
+    """The `bigvgan` section, checked for what inference supports and against the GPT's width."""
+    b_raw = reader.section(raw, "bigvgan")
+    b = "bigvgan"
+    source = reader.source
+    channels = reader.int_list(b_raw, "speaker_encoder_channels", b,
+                               default=DEFAULT_SPEAKER_ENCODER_CHANNELS)
+    if len(channels) != 5:
+        raise ConfigError(f"{source}: bigvgan.speaker_encoder_channels must list 5 widths, got {list(channels)}")
+    bigvgan = BigVGANConfig(
+        gpt_dim=reader.int(b_raw, "gpt_dim", b),
+        num_mels=reader.int(b_raw, "num_mels", b, default=100),
+        sampling_rate=reader.int(b_raw, "sampling_rate", b, default=24000),
+        upsample_rates=reader.int_list(b_raw, "upsample_rates", b),
+        upsample_kernel_sizes=reader.int_list(b_raw, "upsample_kernel_sizes", b),
+        upsample_initial_channel=reader.int(b_raw, "upsample_initial_channel", b),
+        resblock=str(reader.value(b_raw, "resblock", b, default="1")),
+        resblock_kernel_sizes=reader.int_list(b_raw, "resblock_kernel_sizes", b),
+        resblock_dilation_sizes=tuple(
+            tuple(_as_int_list(d, f"{source}: bigvgan.resblock_dilation_sizes"))
+            for d in reader.list(b_raw, "resblock_dilation_sizes", b)),
+        activation=reader.str(b_raw, "activation", b, default="snakebeta"),
+        snake_logscale=bool(reader.value(b_raw, "snake_logscale", b, default=True)),
+        speaker_embedding_dim=reader.int(b_raw, "speaker_embedding_dim", b),
+        cond_d_vector_in_each_upsampling_layer=bool(
+            reader.value(b_raw, "cond_d_vector_in_each_upsampling_layer", b, default=True)),
+        feat_upsample=bool(reader.value(b_raw, "feat_upsample", b, default=False)),
+        speaker_encoder_channels=channels,
+    )
+    if len(bigvgan.upsample_rates) != len(bigvgan.upsample_kernel_sizes):
+        raise ConfigError(f"{source}: bigvgan.upsample_rates and upsample_kernel_sizes differ in length")
+    if len(bigvgan.resblock_kernel_sizes) != len(bigvgan.resblock_dilation_sizes):
+        raise ConfigError(f"{source}: bigvgan.resblock_kernel_sizes and resblock_dilation_sizes differ in length")
+    if bigvgan.resblock != "1" or bigvgan.activation != "snakebeta" or bigvgan.feat_upsample:
+        raise ConfigError(f"{source}: only resblock '1', activation 'snakebeta' and feat_upsample false are "
+                          "supported (as in IndexTTS 1.0/1.5)")
+    if bigvgan.gpt_dim != gpt.model_dim:
+        raise ConfigError(f"{source}: bigvgan.gpt_dim ({bigvgan.gpt_dim}) must equal gpt.model_dim ({gpt.model_dim})")
+    return bigvgan
 
 
 class _Reader:
@@ -306,4 +324,5 @@ PRESETS: dict[str, IndexTTSConfig] = {
     "1.0": _preset("1.0", 20, 1024, 16, 605, 402, "gelu_pytorch_tanh"),
     "1.5": _preset("1.5", 24, 1280, 20, 800, 600, "gelu_pytorch_tanh"),
 }
+
 

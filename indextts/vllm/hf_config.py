@@ -35,7 +35,7 @@ from transformers import PretrainedConfig
 from vllm.transformers_utils.config_parser_base import ConfigParserBase
 
 from indextts.config import IndexTTSConfig
-from indextts.vllm.plugin import ARCHITECTURE
+from indextts.vllm.names import ARCHITECTURE
 
 CONFIG_FORMAT = "indextts"
 NUM_COND_LATENTS = 32

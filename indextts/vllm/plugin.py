@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 
-ARCHITECTURE = "IndexTTSGPTForCausalLM"
+from indextts.vllm.names import ARCHITECTURE   # re-exported: `plugin.ARCHITECTURE` is public
+
 MODEL_CLASS = "indextts.vllm.model:IndexTTSGPTForCausalLM"
 
 _lock = threading.Lock()
