@@ -1,6 +1,6 @@
 """GPT decode throughput: our vLLM model vs stock vLLM running a plain GPT-2 of the same size.
 
-    python bench/bench_decode.py --model-dir /var/tmp/ckpt-1.5 --out bench/results/decode.json
+    python bench/bench_decode.py --model-dir build/bench/ckpt-1.5 --out bench/results/raw/decode_paired.json
 
 Each level launches `c` concurrent requests of exactly `--codes` codes (random weights rarely
 emit the stop code, so the stop is ignored: 500 codes = 21.3 s of audio) with the original's
@@ -15,13 +15,11 @@ with half of `--gpu-memory-utilization`), warmed up, then measured in turn level
 `--repeats` times, the order alternating; the summary gives per level each engine's median over
 the repeats and the median and worst of the per-repeat ratios. Our engine is read exactly as
 stock vLLM is (`indextts-vllm-raw`: our rendered prompt and sampling parameters into
-`AsyncLLM.generate`, vLLM's own per-step outputs). Why paired: on the GPU machines one run of the
-same engine moves by up to a third at low concurrency from one run to the next (host-side jitter:
-each step there is a few milliseconds of Python), which swamps a 10% comparison between separate
-runs (bench/results/lease-2026-11-25/: stock 269 codes/s at 1 request and 446 at 8 in one run).
-Both engine cores are pinned to the same two physical cores and this process to two others
-(`split_cpus`; `--no-pin` leaves placement to the OS), so the engine measured never shares a
-core with the process reading its outputs while the other does not.
+`AsyncLLM.generate`, vLLM's own per-step outputs). Why paired: separate runs of one engine move
+by more than the 10% being compared (host-side jitter; each step is a few milliseconds of Python;
+figures in docs/benchmarks.md). Both engine cores are pinned to the same two physical cores and
+this process to two others (`split_cpus`; `--no-pin` leaves placement to the OS), so the engine
+measured never shares a core with the process reading its outputs while the other does not.
 
 `--engine ours|stock|both`: one engine per process, one pass over the levels; `ours` also reads
 our engine through `VLLMEngine.generate` (`indextts-vllm`: the chunks the serving stages get, the
@@ -192,9 +190,8 @@ def run_engine(engine: Engine, names, levels, codes: int, save=lambda runs: None
 def paired(ours: Engine, stock: Engine, levels, codes: int, repeats: int, save=lambda result: None) -> dict:
     """Both engines resident on the GPU at once, measured in turn: for each repeat and level,
     ours (read raw) and stock back to back, which goes first alternating from level to level and
-    from repeat to repeat. Host-side
-    jitter on these machines moves a single run by up to a third at low concurrency, and a
-    comparison within 10% needs both engines under the same conditions."""
+    from repeat to repeat: host-side jitter moves single runs by more than the 10% compared, so
+    both engines are measured under the same conditions."""
     result = {"repeats": repeats, "rows": []}
     pair = [(OURS_RAW, ours.runs[OURS_RAW]), (STOCK, stock.runs[STOCK])]
 
@@ -238,8 +235,8 @@ def split_cpus() -> tuple[set[int], set[int]]:
     """(this process's CPUs, the engine cores' CPUs) for a paired run: two physical cores each
     (hyperthread siblings included), disjoint. Both engine cores get the same CPUs (only one of
     them is busy at a time), so neither lands beside the frontend's busy thread while the other
-    does not: in unpinned paired runs, code the two engines share (vLLM's sampler step) ran up to
-    25% slower in one engine core than in the other at the same level (bench/results/probe/)."""
+    does not: unpinned, code the two engines share (vLLM's sampler step) ran at different speeds
+    in the two engine cores (docs/benchmarks.md)."""
     cores = physical_cores()
     if len(cores) < 4:
         raise SystemExit(f"pinning needs 4 physical cores, this process may use {len(cores)}; pass --no-pin")
@@ -277,7 +274,10 @@ def stock_checkpoint(model_dim: int, layers: int, heads: int, work_dir: str) -> 
     return path
 
 
-def main() -> int:
+WORK_DIR = Path(__file__).resolve().parent.parent / "build" / "bench"
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="an IndexTTS checkpoint (e.g. from `indextts random-checkpoint`)")
     p.add_argument("--out", required=True)
@@ -285,7 +285,9 @@ def main() -> int:
     p.add_argument("--codes", type=int, default=500)
     p.add_argument("--text-tokens", type=int, default=60)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8)
-    p.add_argument("--work-dir", default="/var/tmp/bench-decode")
+    p.add_argument("--work-dir", default=str(WORK_DIR),
+                   help="where the stock GPT-2 checkpoint is written once, and --engine both's per-engine "
+                        "results (default: build/bench in this checkout)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra vLLM engine argument for the engine(s) run, VALUE as JSON "
                         "(e.g. max_num_batched_tokens=8192); repeatable")
@@ -300,6 +302,71 @@ def main() -> int:
                         "(indextts-vllm); ours-raw = the first only; stock-v1 = stock GPT-2 on vLLM's V1 "
                         "model runner (the one embeddings prompts need)")
     args = p.parse_args()
+    args.extra = engine_args(p, args.engine_arg)
+    return args
+
+
+def engine_args(p: argparse.ArgumentParser, items: list[str]) -> dict:
+    """`--engine-arg KEY=VALUE` items as a dict, VALUE read as JSON where it parses."""
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--engine-arg takes KEY=VALUE, got {item!r}")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    return extra
+
+
+def run_paired(args, cfg, results: dict, prompt_len: int) -> None:
+    """`--engine paired`: both engines resident (half the memory share each), CPUs split."""
+    share = args.gpu_memory_utilization / 2
+    most = max(args.levels)
+    frontend_cpus, engine_cpus = split_cpus() if args.pin else (None, None)
+    if engine_cpus:
+        pin_threads(engine_cpus)        # the engine cores spawned next inherit it
+    results["cpus"] = {"frontend": sorted(frontend_cpus or []), "engines": sorted(engine_cpus or [])}
+    ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, share, args.extra)
+    stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len, share, args.work_dir,
+                       engine_args=args.extra)
+    if frontend_cpus:
+        pin_threads(frontend_cpus)
+    results.update(startup_s={OURS: ours.startup_s, STOCK: stock.startup_s},
+                   model_runner={OURS: ours.model_runner, STOCK: stock.model_runner})
+    results["paired"] = paired(ours, stock, args.levels, args.codes, args.repeats,
+                               lambda part: write_json(args.out, dict(results, paired=part)))
+
+
+def run_single(args, cfg, results: dict, prompt_len: int) -> None:
+    """`--engine ours|ours-raw|stock|stock-v1`: one engine in this process, one pass over the levels;
+    `both`: `ours` then `stock`, each in a child process."""
+    most = max(args.levels)
+
+    def save(runs: list[dict]) -> None:
+        write_json(args.out, dict(results, runs=runs))
+
+    if args.engine in ("ours", "ours-raw"):
+        ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, args.gpu_memory_utilization, args.extra)
+        results["runs"] += run_engine(ours, [OURS_RAW] if args.engine == "ours-raw" else [OURS_RAW, OURS],
+                                      args.levels, args.codes, save)
+    elif args.engine in ("stock", "stock-v1"):
+        stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len,
+                           args.gpu_memory_utilization, args.work_dir, v1_runner=args.engine == "stock-v1",
+                           engine_args=args.extra)
+        results["runs"] += run_engine(stock, list(stock.runs), args.levels, args.codes, save)
+    else:
+        for engine in ("ours", "stock"):
+            part = Path(args.work_dir) / f"decode-{engine}.json"
+            cmd = [sys.executable, __file__, "--engine", engine, "--out", str(part)] + [
+                a for a in sys.argv[1:] if a not in ("--out", args.out, "--engine", "both")]
+            subprocess.run(cmd, check=True)
+            results["runs"] += json.loads(part.read_text())["runs"]
+
+
+def main() -> int:
+    args = parse_args()
 
     from indextts.config import IndexTTSConfig
     cfg = IndexTTSConfig.from_yaml(Path(args.model_dir) / "config.yaml").gpt
@@ -311,54 +378,9 @@ def main() -> int:
         results["device"] = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - informational only
         results["device"] = "unknown"
-    extra = {}
-    for item in args.engine_arg:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--engine-arg takes KEY=VALUE, got {item!r}")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-    results["engine_args"] = extra
-
-    def save(runs: list[dict]) -> None:
-        write_json(args.out, dict(results, runs=runs))
-
+    results["engine_args"] = args.extra
     prompt_len = 32 + args.text_tokens + 2 + 1
-    most = max(args.levels)
-    if args.engine == "paired":
-        # Two engines on one GPU: each gets half of the memory share.
-        share = args.gpu_memory_utilization / 2
-        frontend_cpus, engine_cpus = split_cpus() if args.pin else (None, None)
-        if engine_cpus:
-            pin_threads(engine_cpus)        # the engine cores spawned next inherit it
-        results["cpus"] = {"frontend": sorted(frontend_cpus or []), "engines": sorted(engine_cpus or [])}
-        ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, share, extra)
-        stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len, share, args.work_dir,
-                           engine_args=extra)
-        if frontend_cpus:
-            pin_threads(frontend_cpus)
-        results.update(startup_s={OURS: ours.startup_s, STOCK: stock.startup_s},
-                       model_runner={OURS: ours.model_runner, STOCK: stock.model_runner})
-        results["paired"] = paired(ours, stock, args.levels, args.codes, args.repeats,
-                                   lambda part: write_json(args.out, dict(results, paired=part)))
-    elif args.engine in ("ours", "ours-raw"):
-        ours = open_ours(args.model_dir, most, args.codes, args.text_tokens, args.gpu_memory_utilization, extra)
-        results["runs"] += run_engine(ours, [OURS_RAW] if args.engine == "ours-raw" else [OURS_RAW, OURS],
-                                      args.levels, args.codes, save)
-    elif args.engine in ("stock", "stock-v1"):
-        stock = open_stock(cfg.model_dim, cfg.layers, cfg.heads, most, args.codes, prompt_len,
-                           args.gpu_memory_utilization, args.work_dir, v1_runner=args.engine == "stock-v1",
-                           engine_args=extra)
-        results["runs"] += run_engine(stock, list(stock.runs), args.levels, args.codes, save)
-    else:
-        for engine in ("ours", "stock"):
-            part = Path(args.work_dir) / f"decode-{engine}.json"
-            cmd = [sys.executable, __file__, "--engine", engine, "--out", str(part)] + [
-                a for a in sys.argv[1:] if a not in ("--out", args.out, "--engine", "both")]
-            subprocess.run(cmd, check=True)
-            results["runs"] += json.loads(part.read_text())["runs"]
+    (run_paired if args.engine == "paired" else run_single)(args, cfg, results, prompt_len)
     write_json(args.out, results)
     print(json.dumps(results, indent=2))
     return 0

@@ -1,19 +1,20 @@
 """End-to-end synthesis: text in, audio out (frontend + conditioning + GPT + latents + vocoder).
 
-    # ours (vLLM engine), 1.5 size, ~10 s utterances at concurrency 1, 16, 64:
-    python bench/bench_e2e.py --model-dir /var/tmp/ckpt-1.5 --device cuda --engine vllm --out bench/results/e2e_vllm.json
+    # ours (vLLM engine), 1.5 size, ~10 s utterances at each of the default --levels:
+    python bench/bench_e2e.py --model-dir build/bench/ckpt-1.5 --device cuda --engine vllm \
+        --out bench/results/raw/e2e_vllm.json
     # the original project's approach (PyTorch KV-cache decoding, batch 1, fp16, latent pass, BigVGAN):
-    python bench/bench_e2e.py --model-dir /var/tmp/ckpt-1.5 --device cuda --engine torch --dtype float16 \
-        --levels 1 --out bench/results/e2e_baseline.json
+    python bench/bench_e2e.py --model-dir build/bench/ckpt-1.5 --device cuda --engine torch --dtype float16 \
+        --levels 1 --out bench/results/raw/e2e_baseline.json
     # smoke run on a CPU with the tiny checkpoint:
     python bench/bench_e2e.py --model-dir tests/golden/tiny --device cpu --engine torch --levels 1 2 \
-        --segment-codes 20 --out /tmp/e2e.json
+        --segment-codes 20 --out bench/results/raw/e2e_cpu.json
 
 Random weights rarely emit the stop code, so every segment is forced to `--segment-codes` codes
 (4 segments of 59 codes = 10.07 s of audio at 23.4375 codes/s). Each request speaks `--segments`
 sentences, one segment each, so streaming behaviour is visible; requests cycle through five
 segment lengths within +-20% of that (`--length-jitter`), since equal lengths would let the
-vocoder batch more than real traffic does (the committed run before this option used equal lengths). Per request we record the time to the first
+vocoder batch more than real traffic does. Per request we record the time to the first
 audio (first segment vocoded), the total time and the real-time factor (total time / audio
 length); a stream is *real-time* when no chunk arrives later than the audio before it takes to
 play from the first chunk on. Per level: medians, p95s, the share of real-time streams, aggregate

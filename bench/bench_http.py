@@ -1,9 +1,9 @@
 """Time to first audio byte through the HTTP API (streaming), and real-time streams, on Ray Serve.
 
-    python bench/bench_http.py --model-dir /var/tmp/ckpt-1.5 --device cuda --out bench/results/http.json
+    python bench/bench_http.py --model-dir build/bench/ckpt-1.5 --device cuda --out bench/results/raw/http.json
     # smoke run on a CPU:
     python bench/bench_http.py --model-dir tests/golden/tiny --device cpu --gpt-engine torch \
-        --levels 1 2 --segment-codes 20 --out /tmp/http.json
+        --levels 1 2 --segment-codes 20 --out bench/results/raw/http_cpu.json
 
 Starts the Serve graph in this process (`serve_app.app:build_app`, benchmark mode: every segment is
 forced to `--segment-codes` codes because random weights rarely stop), then sends `c` concurrent
@@ -29,7 +29,7 @@ BYTES_PER_SECOND = 24000 * 2      # pcm: 24 kHz, 16-bit mono
 
 async def post_stream(host: str, port: int, path: str, body: dict):
     """POST `body` as JSON over HTTP/1.1 and yield the response body's chunks as they arrive
-    (stdlib only: the GPU machine's bundle has no HTTP client library)."""
+    (stdlib only: no HTTP client library needed on the GPU machine)."""
     payload = json.dumps(body).encode()
     reader, writer = await asyncio.open_connection(host, port)
     try:

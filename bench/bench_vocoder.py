@@ -1,6 +1,6 @@
 """BigVGAN vocoder speed on its own: latents -> waveform, per dtype, length and batch (GPU).
 
-    python bench/bench_vocoder.py --model-dir /var/tmp/ckpt-1.5 --out bench/results/vocoder.json
+    python bench/bench_vocoder.py --model-dir build/bench/ckpt-1.5 --out bench/results/raw/vocoder.json
 
 Reports, per case, the GPU time of one call (CUDA-synchronised, median of `--repeats`), the
 host time to launch it (unsynchronised: when it is close to the GPU time the call is

