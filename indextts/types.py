@@ -146,3 +146,36 @@ class VoiceSpec:
             h.update(hashlib.sha256(Path(ref).read_bytes()).digest())
         h.update(repr(self.weights).encode())
         return h.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ChunkSchedule:
+    """How the GPT stage cuts a segment into `CodeChunk`s: chunk sizes in codes (after silence
+    shrinking), the last size repeating: `ChunkSchedule((8, 24, 48))` gives 8, 24, 48, 48, ...
+    codes; the segment's last chunk holds what is left. `sizes=None` (`ChunkSchedule.whole()`,
+    the default) yields each segment as one chunk at its end."""
+
+    sizes: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self):
+        if self.sizes is None:
+            return
+        sizes = tuple(self.sizes) if isinstance(self.sizes, (list, tuple)) else None
+        if not sizes or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes):
+            raise OptionsError(f"chunk sizes must be a non-empty sequence of positive integers, got {self.sizes!r}")
+        object.__setattr__(self, "sizes", sizes)     # a list given is stored as a tuple: hashable
+
+    @classmethod
+    def whole(cls) -> "ChunkSchedule":
+        """Each segment as one chunk."""
+        return cls()
+
+    @property
+    def is_whole(self) -> bool:
+        return self.sizes is None
+
+    def size(self, index: int) -> Optional[int]:
+        """Codes in chunk `index` (0-based) unless it is the segment's last; None: no limit."""
+        if self.sizes is None:
+            return None
+        return self.sizes[min(index, len(self.sizes) - 1)]

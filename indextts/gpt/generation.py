@@ -248,6 +248,63 @@ def shrink_silence(codes_raw: torch.Tensor, stop_code: int = 8193, silent_code: 
     return codes_raw[keep]
 
 
+class SilenceShrinker:
+    """`shrink_silence` for codes that arrive one by one: releases each code, in order, as soon
+    as no later code can change whether it is kept. The released codes, `finish()` included,
+    are exactly `shrink_silence` of all codes pushed.
+
+    Every code is final except from the first "excess" silent code (beyond the first
+    `keep_run` of its run while the row's silent count is still <= `max_silent`) onward: those
+    are held until the count exceeds `max_silent` (excess silent codes are then dropped, the
+    rest released) or the row ends (`finish`: all held codes are kept). Codes after the stop
+    code are never released but still count, as in the original. One object per segment.
+    """
+
+    def __init__(self, stop_code: int = 8193, silent_code: int = SILENT_CODE,
+                 max_silent: int = MAX_SILENT_CODES, keep_run: int = KEEP_SILENT_RUN):
+        self.stop_code, self.silent_code = stop_code, silent_code
+        self.max_silent, self.keep_run = max_silent, keep_run
+        self.silent = 0               # silent codes pushed so far, past the stop code too
+        self.run = 0                  # silent codes just before the next code to decide, in its run
+        self.held: list[int] = []     # undecided codes, from the first excess silent code on
+        self.shrinking = False        # the count exceeded max_silent: the rule applies
+        self.stopped = False          # the stop code came
+
+    def push(self, raw_codes) -> list[int]:
+        """raw_codes: [n] int, the next raw codes -> the codes that became final, in order."""
+        out: list[int] = []
+        for code in torch.as_tensor(raw_codes, dtype=torch.long).reshape(-1).tolist():
+            self.silent += code == self.silent_code
+            if not self.shrinking and self.silent > self.max_silent:
+                self.shrinking = True          # decided: apply the rule to what was held
+                held, self.held = self.held, []
+                for c in held:
+                    self._apply_rule(c, out)
+            if self.stopped or code == self.stop_code:
+                self.stopped = True            # the row is cut here; later codes only count
+            elif self.shrinking:
+                self._apply_rule(code, out)
+            elif self.held or (code == self.silent_code and self.run >= self.keep_run):
+                self.held.append(code)         # kept only if the count stays <= max_silent
+            else:
+                self.run = self.run + 1 if code == self.silent_code else 0
+                out.append(code)
+        return out
+
+    def finish(self) -> list[int]:
+        """The row ended: the codes still held, all kept (the count never exceeded max_silent)."""
+        held, self.held = self.held, []
+        return held
+
+    def _apply_rule(self, code: int, out: list[int]) -> None:
+        if code != self.silent_code:
+            self.run = 0
+            out.append(code)
+        elif self.run < self.keep_run:
+            self.run += 1
+            out.append(code)
+
+
 def remove_long_silence(codes: torch.Tensor, stop_code: int = 8193, silent_code: int = SILENT_CODE,
                         max_silent: int = MAX_SILENT_CODES) -> tuple[torch.Tensor, torch.Tensor]:
     """The original batch form: codes [B, T] -> (codes [B, N], lengths [B]).
@@ -277,7 +334,8 @@ class LatentPass:
     else code j - 1 at mel position j), so a chunk's latents are ready as soon as its codes are.
     Feeding the codes of `compute_latents` in any chunking gives the same latents. Note that
     `shrink_silence` can only be decided once a segment is complete; stream raw codes here only
-    where that shrinking is not wanted or cannot trigger.
+    where that shrinking is not wanted or cannot trigger (else stream what `SilenceShrinker`
+    releases).
     """
 
     def __init__(self, model: UnifiedVoice, prompt: EncodedPrompt, max_codes: Optional[int] = None):

@@ -5,57 +5,128 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Iterator, Optional
 
 import torch
 
 from indextts.checkpoint import CheckpointInfo, load_gpt
+from indextts.gpt import generation
 from indextts.stages.conditioning import VoiceConditioner
 from indextts.stages.gpt import EngineGPTStage
-from indextts.types import CodeChunk, SamplingOptions, Segment
+from indextts.types import ChunkSchedule, CodeChunk, SamplingOptions, Segment
+
+
+class ChunkCutter:
+    """Cuts a segment's final codes into `CodeChunk`s on a schedule, each with its latents from
+    one `LatentPass` (one object per segment, used by one thread).
+
+    A full chunk is kept until a code beyond it arrives (or the segment ends), so that it is
+    known not to be the last: no chunk is empty unless the segment has no codes at all."""
+
+    def __init__(self, latent_pass: generation.LatentPass, schedule: ChunkSchedule):
+        self.latent_pass = latent_pass
+        self.schedule = schedule
+        self.pending: list[int] = []      # final codes not yet in a chunk
+        self.start = 0                    # index in the segment of pending[0]
+        self.index = 0                    # number of chunks cut
+
+    def push(self, codes: list[int]) -> list[CodeChunk]:
+        """codes: the next final codes -> the chunks they complete (none final)."""
+        self.pending += codes
+        chunks = []
+        while (size := self.schedule.size(self.index)) is not None and len(self.pending) > size:
+            chunks.append(self._cut(size, final=False, stopped=False))
+        return chunks
+
+    def finish(self, stopped: bool) -> CodeChunk:
+        """The segment ended: the last chunk, with what is pending."""
+        return self._cut(len(self.pending), final=True, stopped=stopped)
+
+    def _cut(self, n: int, final: bool, stopped: bool) -> CodeChunk:
+        codes, self.pending = self.pending[:n], self.pending[n:]
+        latents = self.latent_pass.extend(codes).float().cpu()          # [n, D]
+        chunk = CodeChunk(torch.tensor(codes, dtype=torch.long), latents, start=self.start, final=final,
+                          stopped=stopped)
+        self.start += n
+        self.index += 1
+        return chunk
 
 
 class TorchEngine:
     """Code generation + latents with `UnifiedVoice`: each segment runs in a worker thread with
-    its own KV cache; a cancelled consumer stops the worker at its next code."""
+    its own KV cache and yields its chunks (see `ChunkSchedule`) as their codes are generated;
+    a cancelled consumer stops the worker at its next code."""
 
-    def __init__(self, model, max_workers: int = 16):
+    def __init__(self, model, max_workers: int = 16, schedule: ChunkSchedule = ChunkSchedule.whole()):
         self.model = model
+        self.schedule = schedule
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpt")
 
-    def _run(self, cond: torch.Tensor, segment: Segment, options: SamplingOptions, ignore_stop: bool,
-             cancelled: threading.Event) -> CodeChunk:
-        from indextts.gpt.generation import compute_latents, encode_prompt, result_from_raw, stream_codes
+    def _chunks(self, cond: torch.Tensor, segment: Segment, options: SamplingOptions, ignore_stop: bool,
+                schedule: ChunkSchedule, cancelled: threading.Event) -> Iterator[CodeChunk]:
+        """The segment's chunks, in order, computed in the calling (worker) thread."""
+        model = self.model
         with torch.no_grad():
-            prompt = encode_prompt(self.model, cond, segment.ids)
+            prompt = generation.encode_prompt(model, cond, segment.ids)
+            cutter = ChunkCutter(generation.LatentPass(model, prompt, generation.max_codes_for(model, options)),
+                                 schedule)
             if options.num_beams > 1:   # the whole segment is searched before any code is known
                 from indextts.gpt.beam_search import beam_search_codes
-                result = beam_search_codes(self.model, cond, segment.ids, options, options.num_beams, prompt=prompt)
+                result = beam_search_codes(model, cond, segment.ids, options, options.num_beams, prompt=prompt)
+                yield from cutter.push(result.codes.tolist())
+                yield cutter.finish(result.stopped)
+                return
+            # ignore_stop keeps the codes as they come, as result_from_raw does
+            shrinker = None if ignore_stop else generation.SilenceShrinker(model.cfg.stop_mel_token)
+            # looked up per call (not imported by name) so that tests can wrap stream_codes
+            for code in generation.stream_codes(model, cond, segment.ids, options, prompt=prompt,
+                                                ignore_stop=ignore_stop):
+                if cancelled.is_set():
+                    raise asyncio.CancelledError()
+                yield from cutter.push([code] if shrinker is None else shrinker.push([code]))
+            if shrinker is None:
+                yield cutter.finish(False)
             else:
-                raw = []
-                for code in stream_codes(self.model, cond, segment.ids, options, prompt=prompt,
-                                         ignore_stop=ignore_stop):
-                    if cancelled.is_set():
-                        raise asyncio.CancelledError()
-                    raw.append(code)
-                result = result_from_raw(self.model.cfg, raw, ignore_stop)
-            latents = compute_latents(self.model, cond, segment.ids, result.codes, prompt=prompt)
-        return CodeChunk(codes=result.codes, latents=latents.float().cpu(), final=True, stopped=result.stopped)
+                yield from cutter.push(shrinker.finish())
+                yield cutter.finish(shrinker.stopped)
+
+    def _run(self, cond: torch.Tensor, segment: Segment, options: SamplingOptions, ignore_stop: bool,
+             schedule: ChunkSchedule, cancelled: threading.Event, deliver: Callable[[CodeChunk], None]) -> None:
+        for chunk in self._chunks(cond, segment, options, ignore_stop, schedule, cancelled):
+            deliver(chunk)
 
     async def generate(self, cond: torch.Tensor, segment: Segment, options: SamplingOptions = SamplingOptions(),
-                       *, ignore_stop: bool = False) -> AsyncIterator[CodeChunk]:
-        """The segment as one chunk (codes + latents). cond: [1, 32, D]."""
+                       *, ignore_stop: bool = False,
+                       schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[CodeChunk]:
+        """The segment's chunks (codes + latents [n, D]) as they are generated; the last has
+        `final=True`. cond: [1, 32, D]. `schedule`: None is the engine's own."""
+        schedule = self.schedule if schedule is None else schedule
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
-        done = asyncio.wrap_future(self._executor.submit(self._run, cond, segment, options, ignore_stop, cancelled))
+
+        def deliver(chunk: CodeChunk) -> None:        # worker thread -> event loop, in order
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+
+        done = asyncio.wrap_future(self._executor.submit(self._run, cond, segment, options, ignore_stop, schedule,
+                                                         cancelled, deliver))
+        # scheduled after every chunk the worker delivered: wakes the consumer if the worker failed
+        done.add_done_callback(lambda _: queue.put_nowait(None))
         try:
-            chunk = await asyncio.shield(done)
+            while True:
+                chunk = await queue.get()
+                if chunk is None:
+                    done.result()             # the worker's error; a worker that returned sent a final chunk
+                    raise RuntimeError("the GPT worker ended without a final chunk")
+                yield chunk
+                if chunk.final:
+                    return
         finally:
             cancelled.set()
             if not done.done():
                 await asyncio.wait([done])    # the worker notices the flag at its next code
             if not done.cancelled():
                 done.exception()              # retrieved, so an abandoned run does not log as unhandled
-        yield chunk
 
     async def warm_up(self) -> None:
         """Nothing is compiled on first use."""
@@ -68,10 +139,11 @@ class TorchEngine:
 
 
 class TorchGPTStage(EngineGPTStage):
-    """Conditioning and generation share one `UnifiedVoice`."""
+    """Conditioning and generation share one `UnifiedVoice`; segments are chunked by `schedule`."""
 
-    def __init__(self, model, conditioning: VoiceConditioner, max_workers: int = 16):
-        super().__init__(TorchEngine(model, max_workers), conditioning, model.cfg)
+    def __init__(self, model, conditioning: VoiceConditioner, max_workers: int = 16,
+                 schedule: ChunkSchedule = ChunkSchedule.whole()):
+        super().__init__(TorchEngine(model, max_workers, schedule), conditioning, model.cfg)
         self.model = model
 
     @classmethod
