@@ -141,7 +141,8 @@ def reference_mel(source: AudioSource, limits: ReferenceLimits = ReferenceLimits
 
 
 def float_to_int16(wav: torch.Tensor) -> torch.Tensor:
-    """The original's output conversion: `clamp(32767 * wav, ±32767)` cast with truncation to int16."""
+    """The original's output conversion, float in [-1, 1] -> int16: scale by 32767, clamp to
+    ±32767 (never -32768), then a cast that truncates toward zero (0.99999 -> 32766)."""
     return torch.clamp(32767.0 * wav, -32767.0, 32767.0).to(torch.int16)
 
 

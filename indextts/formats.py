@@ -89,8 +89,9 @@ def check_speed(speed: float) -> float:
     return float(speed)
 
 
-def to_int16(samples: Samples) -> np.ndarray:
-    """`[n]` float in [-1, 1] (the original's truncating conversion) or int16 -> int16 `[n]`."""
+def _pcm16(samples: Samples) -> np.ndarray:
+    """Encoder input as an int16 numpy `[n]`: int16 passes as is, float goes through the
+    original's conversion (`audio.float_to_int16`)."""
     if isinstance(samples, np.ndarray):
         samples = torch.from_numpy(np.ascontiguousarray(samples))
     samples = samples.detach().reshape(-1).cpu()
@@ -109,7 +110,7 @@ class PCMEncoder:
     """Raw 16-bit little-endian mono, no header."""
 
     def feed(self, samples: Samples) -> bytes:
-        return to_int16(samples).astype("<i2").tobytes()
+        return _pcm16(samples).astype("<i2").tobytes()
 
     def finish(self) -> bytes:
         return b""
@@ -133,7 +134,7 @@ class WavEncoder:
         self._buffer: list[bytes] = []
 
     def feed(self, samples: Samples) -> bytes:
-        data = to_int16(samples).astype("<i2").tobytes()
+        data = _pcm16(samples).astype("<i2").tobytes()
         if not self.streaming:
             self._buffer.append(data)
             return b""
@@ -211,7 +212,7 @@ class CodecEncoder:
             self._container.mux(packet)
 
     def feed(self, samples: Samples) -> bytes:
-        pcm = to_int16(samples)
+        pcm = _pcm16(samples)
         if pcm.size == 0:
             return b""
         frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")

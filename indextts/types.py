@@ -18,9 +18,28 @@ import torch
 from indextts.errors import OptionsError
 
 
+# Sampling bounds, defined once: SamplingOptions validates against them and the HTTP schema is
+# built from them, so a request is refused at the edge with the same bounds the engines accept.
+TEMPERATURE_MAX = 2.0          # the hottest vLLM's SamplingParams accepts (the production engine)
+TOP_K_MAX = 8194               # the mel code vocabulary (number_mel_codes): a larger k keeps every code
+TOP_P_MAX = 1.0                # top_p lies in (0, TOP_P_MAX]
+REPETITION_PENALTY_MAX = 100.0
+SEED_LIMIT = 2**63             # seeds lie in [0, SEED_LIMIT): a signed 64-bit integer
+NUM_BEAMS_MAX = 8
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How codes are chosen. Defaults are the original's sampling defaults.
+    """How codes are chosen. Defaults are the original's sampling defaults; bounds are the
+    module's `*_MAX` / `SEED_LIMIT` constants.
 
     `greedy=True` is the original's deterministic mode: argmax, no sampling; temperature, top-k
     and top-p are then ignored, the repetition penalty is not. `max_codes=None` means the
@@ -41,24 +60,23 @@ class SamplingOptions:
     num_beams: int = 1
 
     def __post_init__(self):
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and 0.0 < self.temperature <= 10.0) and not self.greedy:
-            raise OptionsError(f"temperature must be in (0, 10], got {self.temperature!r} "
+        if not self.greedy and not (_is_number(self.temperature) and 0.0 < self.temperature <= TEMPERATURE_MAX):
+            raise OptionsError(f"temperature must be in (0, {TEMPERATURE_MAX}], got {self.temperature!r} "
                                "(use greedy=True for deterministic decoding)")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            raise OptionsError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
-            raise OptionsError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
-                and 0.0 < self.repetition_penalty <= 100.0):
-            raise OptionsError(f"repetition_penalty must be in (0, 100], got {self.repetition_penalty!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
-                                      or not 0 <= self.seed < 2**63):
-            raise OptionsError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if not (_is_int(self.top_k) and 0 <= self.top_k <= TOP_K_MAX):
+            raise OptionsError(f"top_k must be an integer in [0, {TOP_K_MAX}] (0 disables it), "
+                               f"got {self.top_k!r}")
+        if not (_is_number(self.top_p) and 0.0 < self.top_p <= TOP_P_MAX):
+            raise OptionsError(f"top_p must be in (0, {TOP_P_MAX}], got {self.top_p!r}")
+        if not (_is_number(self.repetition_penalty) and 0.0 < self.repetition_penalty <= REPETITION_PENALTY_MAX):
+            raise OptionsError(f"repetition_penalty must be in (0, {REPETITION_PENALTY_MAX}], "
+                               f"got {self.repetition_penalty!r}")
+        if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed < SEED_LIMIT):
+            raise OptionsError(f"seed must be an integer in [0, {SEED_LIMIT}), got {self.seed!r}")
         if self.max_codes is not None and (not isinstance(self.max_codes, int) or self.max_codes < 1):
             raise OptionsError(f"max_codes must be a positive integer, got {self.max_codes!r}")
-        if not isinstance(self.num_beams, int) or isinstance(self.num_beams, bool) or not 1 <= self.num_beams <= 8:
-            raise OptionsError(f"num_beams must be an integer in [1, 8], got {self.num_beams!r}")
+        if not (_is_int(self.num_beams) and 1 <= self.num_beams <= NUM_BEAMS_MAX):
+            raise OptionsError(f"num_beams must be an integer in [1, {NUM_BEAMS_MAX}], got {self.num_beams!r}")
         if self.num_beams > 1 and not self.greedy:
             raise OptionsError("beam search is deterministic: use num_beams > 1 with greedy=True (no sampling)")
         if self.ignore_stop and self.max_codes is None:

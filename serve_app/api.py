@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Optional, Protocol, Union
+from typing import Annotated, AsyncIterator, Literal, Optional, Protocol, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from indextts.audio import SAMPLE_RATE
 from indextts.errors import AudioError, IndexTTSError, OptionsError, TextError, VoiceError
-from indextts.formats import FORMATS, SpeechEncoder, audio_format, check_speed
+from indextts.formats import FORMATS, MAX_SPEED, MIN_SPEED, SpeechEncoder, audio_format
 from indextts.synthesis import DEFAULT_MAX_TOKENS_PER_SEGMENT, Synthesizer
-from indextts.types import AudioChunk, SamplingOptions, VoiceSpec
+from indextts.types import (REPETITION_PENALTY_MAX, SEED_LIMIT, TEMPERATURE_MAX, TOP_K_MAX, TOP_P_MAX,
+                            AudioChunk, SamplingOptions, VoiceSpec)
 from indextts.voices import VoiceExistsError, VoiceNotFoundError, VoiceRegistry
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ class VoiceRef(BaseModel):
     id: str
 
 
+# The formats indextts.formats writes, matched case-insensitively ("WAV" is "wav"; a non-string never matches).
+ResponseFormat = Annotated[Literal[tuple(FORMATS)], BeforeValidator(lambda v: str(v).lower())]
+
+
 class SpeechRequest(BaseModel):
     """OpenAI's `POST /v1/audio/speech` body plus our sampling extras."""
 
@@ -55,14 +61,15 @@ class SpeechRequest(BaseModel):
     input: str
     voice: Union[str, VoiceRef]
     instructions: Optional[str] = None          # accepted for compatibility, not used
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    response_format: ResponseFormat = "mp3"
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream_format: Literal["audio", "sse"] = "audio"
-    temperature: Optional[float] = Field(None, ge=0.0, le=10.0)   # 0 = greedy
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
-    top_k: Optional[int] = Field(None, ge=0)
-    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=100.0)
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+    # Sampling extras: SamplingOptions' fields and bounds (indextts.types), except temperature 0 = greedy.
+    temperature: Optional[float] = Field(None, ge=0.0, le=TEMPERATURE_MAX)
+    top_p: Optional[float] = Field(None, gt=0.0, le=TOP_P_MAX)
+    top_k: Optional[int] = Field(None, ge=0, le=TOP_K_MAX)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=REPETITION_PENALTY_MAX)
+    seed: Optional[int] = Field(None, ge=0, lt=SEED_LIMIT)
     max_tokens_per_segment: Optional[int] = Field(None, ge=1)
 
     @property
@@ -73,18 +80,22 @@ class SpeechRequest(BaseModel):
 class LegacySpeechRequest(SpeechRequest):
     """`POST /audio/speech` of the original server: it always answered WAV."""
 
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "wav"
+    response_format: ResponseFormat = "wav"
 
 
 class TtsUrlRequest(BaseModel):
     text: str
     audio_paths: list[str] = Field(min_length=1)
-    seed: Optional[int] = Field(LEGACY_DEFAULT_SEED, ge=0, lt=2**63)
+    seed: Optional[int] = Field(LEGACY_DEFAULT_SEED, ge=0, lt=SEED_LIMIT)
 
 
 class TtsRequest(BaseModel):
     text: str
     character: str
+
+
+# The request fields that are SamplingOptions fields of the same name and meaning.
+SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingOptions)) & set(SpeechRequest.model_fields)
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -113,13 +124,13 @@ class SpeechService:
     metrics: Optional[Metrics] = None
 
     def options(self, req: SpeechRequest) -> SamplingOptions:
-        defaults = SamplingOptions()
-        common = dict(repetition_penalty=_or(req.repetition_penalty, defaults.repetition_penalty), seed=req.seed)
-        if req.temperature == 0:
-            return SamplingOptions.deterministic(**common)
-        return SamplingOptions(temperature=_or(req.temperature, defaults.temperature),
-                               top_p=_or(req.top_p, defaults.top_p), top_k=_or(req.top_k, defaults.top_k),
-                               **common)
+        """SamplingOptions from the sampling fields the client gave (the others keep SamplingOptions'
+        defaults); temperature 0 asks for greedy decoding."""
+        given = req.model_dump(include=SAMPLING_FIELDS, exclude_none=True)
+        if given.get("temperature") == 0:
+            del given["temperature"]
+            return SamplingOptions.deterministic(**given)
+        return SamplingOptions(**given)
 
     def check_input(self, text: str, param: str = "input") -> str:
         if not text or not text.strip():
@@ -220,10 +231,6 @@ def _event(payload: dict) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-def _or(value, default):
-    return default if value is None else value
-
-
 # -- errors -----------------------------------------------------------------------------------
 
 class ApiError(Exception):
@@ -278,6 +285,11 @@ def error_response(exc: BaseException, param: Optional[str] = None) -> JSONRespo
     return JSONResponse(_error_body(message, param, code, type_), status_code=status)
 
 
+# pydantic's bound errors -> (the bound's key in the error context, words): says 2.0 as defined, not "2".
+_BOUND_ERRORS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "at least"),
+                 "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+
+
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
@@ -287,6 +299,9 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         message = f"unsupported response_format; use one of {', '.join(FORMATS)}"
     elif first.get("type") == "missing":
         message = f"'{param}' is required"
+    elif first.get("type") in _BOUND_ERRORS and param:
+        key, words = _BOUND_ERRORS[first["type"]]
+        message = f"invalid '{param}': must be {words} {first.get('ctx', {}).get(key)!r}"
     elif param:
         message = f"invalid '{param}': {message}"
     if first.get("type") == "json_invalid":
@@ -327,30 +342,41 @@ def build_api(service: SpeechService) -> FastAPI:
     """The FastAPI app over `service` (routes documented in README "HTTP API")."""
     app = FastAPI(title="IndexTTS Serve", version="0.1.0")
     install_error_handlers(app)
-    registry = service.registry
+    _add_speech_routes(app, service)
+    _add_voice_routes(app, service)
+    _add_original_routes(app, service)
+    _add_status_routes(app, service)
+    return app
 
-    async def resolve(voice: str) -> VoiceSpec:
-        return await asyncio.to_thread(registry.resolve, voice)
 
-    async def speech(req: SpeechRequest) -> Response:
-        text = service.check_input(req.input)
-        fmt = audio_format(req.response_format)
-        speed = check_speed(req.speed)
-        try:
-            options = service.options(req)
-        except OptionsError as e:
-            raise ApiError(400, str(e), None, "invalid_value") from e
-        voice = await resolve(req.voice_name)
-        audio = await service.audio(text, voice, options, service.max_tokens(req.max_tokens_per_segment),
-                                    fmt.name, speed)
-        if req.stream_format == "sse":
-            return StreamingResponse(audio.sse(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return StreamingResponse(audio, media_type=fmt.content_type)
+async def _speech(service: SpeechService, req: SpeechRequest) -> Response:
+    """One speech request (OpenAI's route and the original's): streamed audio or SSE events."""
+    text = service.check_input(req.input)
+    fmt = audio_format(req.response_format)
+    try:
+        options = service.options(req)
+    except OptionsError as e:
+        raise ApiError(400, str(e), None, "invalid_value") from e
+    voice = await asyncio.to_thread(service.registry.resolve, req.voice_name)
+    audio = await service.audio(text, voice, options, service.max_tokens(req.max_tokens_per_segment),
+                                fmt.name, req.speed)
+    if req.stream_format == "sse":
+        return StreamingResponse(audio.sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(audio, media_type=fmt.content_type)
+
+
+def _add_speech_routes(app: FastAPI, service: SpeechService) -> None:
+    """OpenAI's speech route."""
 
     @app.post("/v1/audio/speech")
     async def create_speech(req: SpeechRequest) -> Response:
-        return await speech(req)
+        return await _speech(service, req)
+
+
+def _add_voice_routes(app: FastAPI, service: SpeechService) -> None:
+    """OpenAI's voice routes: list, upload (multipart), delete."""
+    registry, settings = service.registry, service.settings
 
     @app.get("/v1/audio/voices")
     async def list_voices() -> dict:
@@ -365,47 +391,20 @@ def build_api(service: SpeechService) -> FastAPI:
                                                                     "application/x-www-form-urlencoded")):
             raise ApiError(400, how, None, "invalid_upload")
         # Refuse an oversized body before receiving it (the form parser spools every part first).
-        most = service.settings.max_upload_files * service.settings.max_upload_bytes + UPLOAD_FORM_SLACK_BYTES
+        most = settings.max_upload_files * settings.max_upload_bytes + UPLOAD_FORM_SLACK_BYTES
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > most:
-            raise ApiError(413, f"the upload is larger than {most} bytes ({service.settings.max_upload_files} "
-                                f"files of at most {service.settings.max_upload_bytes} bytes)", "audio_sample",
+            raise ApiError(413, f"the upload is larger than {most} bytes ({settings.max_upload_files} "
+                                f"files of at most {settings.max_upload_bytes} bytes)", "audio_sample",
                            "file_too_large")
         try:
-            form = await request.form(max_files=service.settings.max_upload_files + 1)
+            form = await request.form(max_files=settings.max_upload_files + 1)
         except Exception as e:   # malformed multipart, or too many parts
             raise ApiError(400, f"{how}: {e}", None, "invalid_upload") from e
         try:
-            return await _add_voice(form, how)
+            return await _add_voice(service, form)
         finally:
             await form.close()     # its spooled temporary files
-
-    async def _add_voice(form, how: str) -> dict:
-        name = form.get("name")
-        if not isinstance(name, str) or not name:
-            raise ApiError(400, "'name' is required", "name", "invalid_value")
-        uploads = [v for key in UPLOAD_FIELDS for v in form.getlist(key) if isinstance(v, UploadFile)]
-        if not uploads:
-            raise ApiError(400, "no audio file: attach one or more files under 'audio_sample' (or 'files')",
-                           "audio_sample", "invalid_upload")
-        if len(uploads) > service.settings.max_upload_files:
-            raise ApiError(400, f"at most {service.settings.max_upload_files} files per voice",
-                           "audio_sample", "invalid_upload")
-        files = []
-        for upload in uploads:
-            data = await upload.read(service.settings.max_upload_bytes + 1)
-            if len(data) > service.settings.max_upload_bytes:
-                raise ApiError(413, f"{upload.filename} is larger than "
-                                    f"{service.settings.max_upload_bytes} bytes", "audio_sample", "file_too_large")
-            files.append((upload.filename or "", data))
-        try:
-            info = await asyncio.to_thread(registry.add, name, files)
-        except VoiceExistsError:
-            raise
-        except (VoiceError, AudioError) as e:
-            raise ApiError(400, str(e), "audio_sample" if isinstance(e, AudioError) else "name",
-                           "invalid_upload") from e
-        return _voice_object(info)
 
     @app.delete("/v1/audio/voices/{name}")
     async def delete_voice(name: str) -> dict:
@@ -415,12 +414,47 @@ def build_api(service: SpeechService) -> FastAPI:
             raise ApiError(404, str(e), "voice_id", "voice_not_found") from e
         return {"id": name, "object": "audio.voice.deleted", "deleted": True}
 
-    # -- the original server's routes, drop-in --
 
-    async def legacy_wav(text: str, voice: VoiceSpec, options: SamplingOptions) -> Response:
-        audio = await service.audio(text, voice, options, service.settings.max_tokens_per_segment,
-                                    "wav", 1.0, streaming=False)
-        return Response(await audio.read(), media_type="audio/wav")
+async def _add_voice(service: SpeechService, form) -> dict:
+    """Register the voice of an upload form: its 'name' and the audio files under UPLOAD_FIELDS."""
+    settings = service.settings
+    name = form.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "'name' is required", "name", "invalid_value")
+    uploads = [v for key in UPLOAD_FIELDS for v in form.getlist(key) if isinstance(v, UploadFile)]
+    if not uploads:
+        raise ApiError(400, "no audio file: attach one or more files under 'audio_sample' (or 'files')",
+                       "audio_sample", "invalid_upload")
+    if len(uploads) > settings.max_upload_files:
+        raise ApiError(400, f"at most {settings.max_upload_files} files per voice",
+                       "audio_sample", "invalid_upload")
+    files = []
+    for upload in uploads:
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, f"{upload.filename} is larger than "
+                                f"{settings.max_upload_bytes} bytes", "audio_sample", "file_too_large")
+        files.append((upload.filename or "", data))
+    try:
+        info = await asyncio.to_thread(service.registry.add, name, files)
+    except VoiceExistsError:
+        raise
+    except (VoiceError, AudioError) as e:
+        raise ApiError(400, str(e), "audio_sample" if isinstance(e, AudioError) else "name",
+                       "invalid_upload") from e
+    return _voice_object(info)
+
+
+async def _legacy_wav(service: SpeechService, text: str, voice: VoiceSpec, options: SamplingOptions) -> Response:
+    """The original server's answer: one whole WAV file."""
+    audio = await service.audio(text, voice, options, service.settings.max_tokens_per_segment,
+                                "wav", 1.0, streaming=False)
+    return Response(await audio.read(), media_type="audio/wav")
+
+
+def _add_original_routes(app: FastAPI, service: SpeechService) -> None:
+    """The original server's routes, drop-in."""
+    registry = service.registry
 
     @app.post("/tts_url")
     async def tts_url(req: TtsUrlRequest) -> Response:
@@ -430,25 +464,29 @@ def build_api(service: SpeechService) -> FastAPI:
         except VoiceError as e:
             raise ApiError(404 if isinstance(e, VoiceNotFoundError) else 400, str(e), "audio_paths",
                            "invalid_path") from e
-        return await legacy_wav(req.text, voice, SamplingOptions(seed=req.seed))
+        return await _legacy_wav(service, req.text, voice, SamplingOptions(seed=req.seed))
 
     @app.post("/tts")
     async def tts(req: TtsRequest) -> Response:
         service.check_input(req.text, "text")
         try:
-            voice = await resolve(req.character)
+            voice = await asyncio.to_thread(registry.resolve, req.character)
         except VoiceNotFoundError as e:     # the original answered 404 for an unknown character
             raise ApiError(404, str(e), "character", "voice_not_found") from e
-        return await legacy_wav(req.text, voice, SamplingOptions())
+        return await _legacy_wav(service, req.text, voice, SamplingOptions())
 
     @app.post("/audio/speech")
     async def legacy_speech(req: LegacySpeechRequest) -> Response:
-        return await speech(req)
+        return await _speech(service, req)
 
     @app.get("/audio/voices")
     async def legacy_voices() -> dict:
         voices = await asyncio.to_thread(registry.list)
         return {v.name: list(v.files) for v in voices}
+
+
+def _add_status_routes(app: FastAPI, service: SpeechService) -> None:
+    """Liveness and OpenAI's model list."""
 
     @app.get("/health")
     async def health() -> dict:
@@ -458,6 +496,3 @@ def build_api(service: SpeechService) -> FastAPI:
     async def models() -> dict:
         return {"object": "list", "data": [{"id": service.settings.model_name, "object": "model",
                                             "created": 0, "owned_by": "indextts"}]}
-
-    return app
-

@@ -19,13 +19,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from indextts.errors import AudioError, TextError
+from indextts.errors import AudioError, OptionsError, TextError
+from indextts.formats import FORMATS
 from indextts.batching import BatchQueue
 from indextts.stages import FrontendStage, GPTStage, VocoderStage
 from indextts.synthesis import Synthesizer
-from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment, VoiceSpec
+from indextts.types import (REPETITION_PENALTY_MAX, SEED_LIMIT, TEMPERATURE_MAX, TOP_K_MAX, TOP_P_MAX, CodeChunk,
+                            FrontendResult, SamplingOptions, Segment, VoiceSpec)
 from indextts.voices import VoiceRegistry
-from serve_app.api import ServiceSettings, SpeechService, build_api
+from serve_app.api import LegacySpeechRequest, ServiceSettings, SpeechRequest, SpeechService, build_api
 
 from conftest import CODEC_SLACK_S
 
@@ -202,6 +204,14 @@ def test_sampling_extras_reach_the_gpt_stage(client, gpt):
     assert (opts.greedy, opts.temperature, opts.top_p, opts.top_k, opts.seed) == (False, 0.7, 0.5, 7, None)
 
 
+def test_options_are_built_from_the_given_fields_only(client, gpt):
+    """Fields the client leaves out keep SamplingOptions' own defaults (not copies made by the API)."""
+    for extras in ({}, {"top_k": 7, "seed": None}, {"temperature": 0, "top_k": 7}):
+        assert speech(client, input="One.", response_format="pcm", **extras).status_code == 200
+    assert [call[2] for call in gpt.calls] == [SamplingOptions(), SamplingOptions(top_k=7),
+                                               SamplingOptions.deterministic(top_k=7)]
+
+
 def test_max_tokens_per_segment_reaches_the_frontend(client, gpt):
     assert speech(client, input="abcdefghij.", max_tokens_per_segment=4, response_format="pcm").status_code == 200
     assert len(gpt.calls[0][1].ids) == 4
@@ -280,6 +290,60 @@ def test_client_mistakes_are_400_envelopes(client, body, param, message):
     base = {"model": "tts-1", "input": "Hello.", "voice": "alice"}
     payload = {k: v for k, v in {**base, **body}.items() if v is not None}
     assert_envelope(client.post("/v1/audio/speech", json=payload), 400, param, message)
+
+
+# -- each limit has one definition: the HTTP schema is derived from SamplingOptions' and formats' --
+
+def _bounds(model, name: str) -> dict:
+    """The JSON-schema bounds (minimum, maximum, exclusive*) of one optional request field."""
+    prop = model.model_json_schema()["properties"][name]
+    schema = next((s for s in prop.get("anyOf", [prop]) if s.get("type") != "null"), prop)
+    return {k: v for k, v in schema.items() if "imum" in k}
+
+
+def test_http_sampling_bounds_are_sampling_options_bounds():
+    assert _bounds(SpeechRequest, "temperature") == {"minimum": 0.0, "maximum": TEMPERATURE_MAX}  # 0 = greedy
+    assert _bounds(SpeechRequest, "top_k") == {"minimum": 0, "maximum": TOP_K_MAX}
+    assert _bounds(SpeechRequest, "top_p") == {"exclusiveMinimum": 0.0, "maximum": TOP_P_MAX}
+    assert _bounds(SpeechRequest, "repetition_penalty") == {"exclusiveMinimum": 0.0,
+                                                            "maximum": REPETITION_PENALTY_MAX}
+    assert _bounds(SpeechRequest, "seed") == {"minimum": 0, "exclusiveMaximum": SEED_LIMIT}
+    # ... and SamplingOptions takes each upper bound and refuses just past it.
+    SamplingOptions(temperature=TEMPERATURE_MAX, top_k=TOP_K_MAX, top_p=TOP_P_MAX,
+                    repetition_penalty=REPETITION_PENALTY_MAX, seed=SEED_LIMIT - 1)
+    for past in ({"temperature": math.nextafter(TEMPERATURE_MAX, math.inf)}, {"top_k": TOP_K_MAX + 1},
+                 {"top_p": math.nextafter(TOP_P_MAX, math.inf)},
+                 {"repetition_penalty": math.nextafter(REPETITION_PENALTY_MAX, math.inf)}, {"seed": SEED_LIMIT}):
+        with pytest.raises(OptionsError):
+            SamplingOptions(**past)
+
+
+@pytest.mark.parametrize("body,param,bound", [
+    ({"temperature": 2.5}, "temperature", "2.0"),
+    ({"top_k": 2**64}, "top_k", "8194"),
+    ({"top_k": TOP_K_MAX + 1}, "top_k", str(TOP_K_MAX)),
+    ({"repetition_penalty": 1000}, "repetition_penalty", repr(REPETITION_PENALTY_MAX)),
+    ({"seed": 2**63}, "seed", str(SEED_LIMIT)),
+])
+def test_out_of_bounds_sampling_is_refused_at_the_edge_naming_the_bound(client, gpt, body, param, bound):
+    assert_envelope(speech(client, **body), 400, param, bound)
+    assert gpt.calls == []                        # refused before any stage saw it
+
+
+def test_the_sampling_upper_bounds_are_accepted(client, gpt):
+    r = speech(client, temperature=TEMPERATURE_MAX, top_k=TOP_K_MAX, top_p=TOP_P_MAX, response_format="pcm")
+    assert r.status_code == 200, r.text
+    assert (gpt.calls[0][2].temperature, gpt.calls[0][2].top_k) == (TEMPERATURE_MAX, TOP_K_MAX)
+
+
+def test_response_formats_are_the_formats_module_list():
+    for model in (SpeechRequest, LegacySpeechRequest):
+        assert model.model_json_schema()["properties"]["response_format"]["enum"] == list(FORMATS)
+
+
+def test_response_format_is_case_insensitive(client):
+    r = speech(client, response_format="WAV")
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
 
 
 def test_malformed_json_and_unknown_routes(client):

@@ -135,8 +135,10 @@ def test_limits_validated():
         ReferenceLimits(max_seconds=500)
 
 
-def test_float_to_int16_truncates_and_clamps():
-    wav = torch.tensor([0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 1 / 32767 * 0.99])
+def test_float_to_int16_truncates_toward_zero_and_clamps():
+    wav = torch.tensor([0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 1 / 32767 * 0.99,
+                        0.99999, -0.99999, 1e-5, -1e-5])
     out = float_to_int16(wav)
     assert out.dtype == torch.int16
-    assert out.tolist() == [0, 32767, -32767, 32767, -32767, 16383, -16383, 0]
+    # 32767 * 0.5 = 16383.5 -> 16383 (not rounded); the negative side never reaches -32768.
+    assert out.tolist() == [0, 32767, -32767, 32767, -32767, 16383, -16383, 0, 32766, -32766, 0, 0]

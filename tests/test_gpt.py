@@ -322,7 +322,7 @@ def test_top_k_never_picks_outside_the_k_best(model, meta, conds):
 def test_top_p_never_picks_outside_the_nucleus(model, meta, conds):
     ids, p = text_ids(meta, 2), 0.5
     for seed in range(4):
-        options = sampled(seed, top_k=0, top_p=p, temperature=3.0, repetition_penalty=10.0)
+        options = sampled(seed, top_k=0, top_p=p, temperature=2.0, repetition_penalty=10.0)
         codes = generate_codes(model, conds["ref_a"], ids, options).codes_raw.tolist()
         probs = step_scores(model, conds["ref_a"], ids, codes, options).softmax(-1)
         for step, code in enumerate(codes):

@@ -12,7 +12,7 @@ from indextts.checkpoint import (CheckpointInfo, build_vocoder, load_strict, loa
                                  read_state_dict)
 from indextts.config import IndexTTSConfig
 from indextts.errors import CheckpointError
-from indextts.vocoder import BigVGAN, to_int16
+from indextts.vocoder import BigVGAN
 from indextts.vocoder.alias_free import kaiser_sinc_filter
 
 from conftest import GOLDEN
@@ -145,16 +145,6 @@ def test_perturbed_batchnorm_statistic_breaks_speaker_parity(tiny_info, tiny_sta
     sd[key][index] += 1e-2
     model = _load_modified(tiny_info, tmp_path, sd)
     assert _speaker_error(model, expected, "ref_a") > ATOL
-
-
-# --- int16 conversion ----------------------------------------------------------------------------
-
-def test_to_int16_truncates_toward_zero_and_clamps():
-    wav = torch.tensor([0.0, 0.5, -0.5, 0.99999, -0.99999, 1.0, -1.0, 1.7, -3.0, 1e-5, -1e-5])
-    got = to_int16(wav)
-    assert got.dtype == torch.int16
-    # 32767 * 0.5 = 16383.5 -> 16383 (not rounded); the negative side never reaches -32768.
-    assert got.tolist() == [0, 16383, -16383, 32766, -32766, 32767, -32767, 32767, -32767, 0, 0]
 
 
 # --- strict loading ------------------------------------------------------------------------------

@@ -23,14 +23,6 @@ from indextts.config import BigVGANConfig
 from indextts.vocoder.alias_free import AntiAliasedSnakeBeta
 from indextts.vocoder.ecapa import ECAPATDNN
 
-INT16_PEAK = 32767.0
-
-
-def to_int16(wav: torch.Tensor) -> torch.Tensor:
-    """Float waveform in [-1, 1] -> int16 PCM, as the reference: scale by 32767, clamp to
-    +-32767 (never -32768), then a cast that truncates toward zero (0.99999 -> 32766)."""
-    return torch.clamp(INT16_PEAK * wav, -INT16_PEAK, INT16_PEAK).to(torch.int16)
-
 
 class WeightNormConv1d(nn.Module):
     """Conv1d (or ConvTranspose1d) parametrised as `w = g * v / ||v||`, the norm taken over every
