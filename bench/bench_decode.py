@@ -129,16 +129,16 @@ def open_ours(model_dir: str, max_seqs: int, codes: int, text_tokens: int, gpu_m
     gen = torch.Generator().manual_seed(0)
     cond = torch.randn(1, 32, engine.config.model_dim, generator=gen) * 0.5
     ids = torch.randint(2, 500, (text_tokens,), generator=gen).tolist()
-    options = SamplingOptions(max_codes=codes, ignore_stop=True)
+    options = SamplingOptions(max_codes=codes)     # with ignore_stop: exactly `codes` codes
     prompt = engine.prompt(cond, ids)
     counter = iter(range(10**9))
 
     async def wrapper():
-        async for chunk in engine.generate(cond, ids, options):
+        async for chunk in engine.generate(cond, ids, options, ignore_stop=True):
             yield 0 if chunk.final else len(chunk.codes)
 
     async def raw():
-        async for out in engine.llm.generate(prompt.for_vllm(), engine.sampling_params(options), f"raw-{next(counter)}"):
+        async for out in engine.llm.generate(prompt.for_vllm(), engine.sampling_params(options, ignore_stop=True), f"raw-{next(counter)}"):
             yield len(out.outputs[0].token_ids)
 
     return Engine({OURS_RAW: raw, OURS: wrapper}, engine.shutdown, startup,

@@ -30,6 +30,7 @@ import sys
 import time
 
 from common import SENTENCE, add_stream_args, level_summary, stream_row, write_json
+from forced import run_to_max_codes
 
 async def one_request(tts, text: str, voice, options, max_tokens: int) -> dict:
     start = time.perf_counter()
@@ -76,7 +77,8 @@ def main() -> int:
     # Real segments differ in length, which decides how the vocoder can batch them: requests cycle
     # through lengths spread evenly over +-jitter around --segment-codes (mean unchanged).
     spread = [round(args.segment_codes * (1 + args.length_jitter * (2 * k / 4 - 1))) for k in range(5)]
-    options = [SamplingOptions(max_codes=n, ignore_stop=True, seed=0) for n in spread]
+    run_to_max_codes(tts.gpt)       # random weights rarely stop: each request runs to its max_codes
+    options = [SamplingOptions(max_codes=n, seed=0) for n in spread]
     max_tokens = tts.info.config.gpt.max_text_tokens
     segment_tokens = len(tts.frontend.process_sync(SENTENCE, max_tokens).ids)
     tts.run(run_level(tts, 2, text, voice, options, segment_tokens))    # warm-up (compiles, caches voice)

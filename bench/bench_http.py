@@ -5,8 +5,8 @@
     python bench/bench_http.py --model-dir tests/golden/tiny --device cpu --gpt-engine torch \
         --levels 1 2 --segment-codes 20 --out bench/results/raw/http_cpu.json
 
-Starts the Serve graph in this process (`serve_app.app:build_app`, benchmark mode: every segment is
-forced to `--segment-codes` codes because random weights rarely stop), then sends `c` concurrent
+Starts the Serve graph in this process (`serve_app.app:build_app`'s graph with every segment
+forced to `--segment-codes` codes, `forced.build_forced_app`, because random weights rarely stop), then sends `c` concurrent
 `POST /v1/audio/speech` requests (`response_format=pcm`, streamed) per level. Per request: time to
 the first audio byte, total time, and whether the stream stayed real-time (every byte arrived
 before the audio before it had finished playing, counted from the first byte).
@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import SENTENCE, add_stream_args, level_summary, stream_row, write_json
+from forced import build_forced_app
 
 BYTES_PER_SECOND = 24000 * 2      # pcm: 24 kHz, 16-bit mono
 
@@ -79,18 +81,20 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
 
     voices = Path(tempfile.mkdtemp(prefix="bench-voices-"))
     (voices / "ref.wav").write_bytes(Path(args.voice).read_bytes())
     (voices / "speaker.json").write_text(json.dumps({"bench": ["ref.wav"]}))
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # The GPT replicas unpickle bench/forced.py's factory: put bench/ on their import path.
+    bench_dir = str(Path(__file__).resolve().parent)
+    ray.init(include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [bench_dir, os.environ.get("PYTHONPATH")]))}})
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     app_args = {"model_dir": args.model_dir, "device": args.device, "gpt_engine": args.gpt_engine,
-                "voices_dir": str(voices), "bench_forced_codes": args.segment_codes,
+                "voices_dir": str(voices),
                 "gpu_memory_utilization": args.gpu_memory_utilization}
     started = time.perf_counter()
-    serve.run(build_app(app_args), name="bench", route_prefix="/")
+    serve.run(build_forced_app(app_args, args.segment_codes), name="bench", route_prefix="/")
     startup = time.perf_counter() - started
     url = ("127.0.0.1", args.port, "/v1/audio/speech")
     from indextts.text import TextFrontend

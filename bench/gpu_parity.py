@@ -59,7 +59,7 @@ def compare(model, cond, ids, final, options, seconds: float) -> dict:
 
     v_codes = final.codes.tolist()
     with torch.no_grad():
-        t_codes = generate_codes(model, cond.cuda(), ids, options).codes_raw.tolist()
+        t_codes = generate_codes(model, cond.cuda(), ids, options, ignore_stop=True).codes_raw.tolist()
         agree = next((k for k, (a, b) in enumerate(zip(v_codes, t_codes)) if a != b), len(v_codes))
         margin = torch_margin(model, cond, ids, v_codes, t_codes, agree) if agree < len(v_codes) else None
         t_lat = compute_latents(model, cond.cuda(), ids, final.codes.cuda()).float().cpu()
@@ -103,13 +103,13 @@ def main() -> int:
     startup = time.perf_counter() - started
     model = load_gpt(info, "cuda", torch.bfloat16)
     gen = torch.Generator().manual_seed(1)
-    options = SamplingOptions.deterministic(max_codes=args.codes, ignore_stop=True)
+    options = SamplingOptions.deterministic(max_codes=args.codes)   # run to max_codes (ignore_stop)
     rows = []
 
     async def run_vllm(cond, ids):
         final = None
         t0 = time.perf_counter()
-        async for chunk in engine.generate(cond, ids, options):
+        async for chunk in engine.generate(cond, ids, options, ignore_stop=True):
             if chunk.final:
                 final = chunk
         return final, time.perf_counter() - t0
