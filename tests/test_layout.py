@@ -195,3 +195,16 @@ def test_small_units():
     offenders = _size_offenders(sorted(p for d in SIZE_DIRS for p in (ROOT / d).rglob("*.py")))
     assert not offenders, (f"files over {MAX_FILE_LINES} lines or functions over {MAX_FUNCTION_LINES} "
                            "lines:\n" + "\n".join(offenders))
+
+
+def test_readme_layout_names_every_part_of_the_library():
+    """The README's layout section lists each module and package of indextts/ and serve_app/."""
+    readme = (LIBRARY.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    parts = [p.name for p in LIBRARY.iterdir() if (p.suffix == ".py" and not p.name.startswith("_"))
+             or (p.is_dir() and (p / "__init__.py").exists())]
+    missing = [name for name in parts if name.removesuffix(".py") + ("/" if not name.endswith(".py") else ".py")
+               not in layout]
+    assert missing == []
+    for top in ("indextts/", "serve_app/", "configs/", "cluster/", "tests/", "bench/", "docs/"):
+        assert top in layout and (LIBRARY.parent / top).is_dir()
