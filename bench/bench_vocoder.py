@@ -16,9 +16,9 @@ import sys
 import time
 
 from common import write_json
+from indextts.audio import SAMPLE_RATE
 
 HOP = 1024
-SAMPLE_RATE = 24000
 
 
 def main() -> int:
