@@ -4,8 +4,8 @@
 synthesizer over the three stages, the voice registry, limits), so tests run the API with fake
 stages and the Serve ingress runs it with deployment handles.
 
-Errors always use OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`: 4xx for
-what the client can fix, 5xx with a generic message (details go to the log, never the client).
+Errors always use OpenAI's envelope (`serve_app.errors`): 4xx for what the client can fix, 5xx
+with a generic message (details go to the log, never the client).
 """
 
 from __future__ import annotations
@@ -20,19 +20,18 @@ from dataclasses import dataclass, field
 from typing import Annotated, AsyncIterator, Literal, Optional, Protocol, Union
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from indextts.audio import SAMPLE_RATE
-from indextts.errors import AudioError, IndexTTSError, OptionsError, TextError, VoiceError
+from indextts.errors import AudioError, OptionsError, VoiceError
 from indextts.formats import FORMATS, MAX_SPEED, MIN_SPEED, SpeechEncoder, audio_format
 from indextts.synthesis import DEFAULT_MAX_TOKENS_PER_SEGMENT, Synthesizer
 from indextts.types import (REPETITION_PENALTY_MAX, SEED_LIMIT, TEMPERATURE_MAX, TOP_K_MAX, TOP_P_MAX,
                             AudioChunk, SamplingOptions, VoiceSpec)
 from indextts.voices import VoiceExistsError, VoiceNotFoundError, VoiceRegistry
+from serve_app.errors import ApiError, error_object, install_error_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +91,14 @@ class TtsUrlRequest(BaseModel):
 class TtsRequest(BaseModel):
     text: str
     character: str
+
+
+class TtsStreamRequest(BaseModel):
+    """`POST /index-tts/v1/tts_stream` of the original's streaming variant; `/index-tts/v1/tts` too."""
+
+    text: str
+    reference_id: str                 # a voice of speaker.json (or an upload)
+    streaming: bool = False
 
 
 # The request fields that are SamplingOptions fields of the same name and meaning.
@@ -213,7 +220,7 @@ class EncodedAudio:
             raise
         except Exception as exc:  # headers are gone: report in-band, as OpenAI does
             logger.exception("synthesis failed mid-stream")
-            yield _event({"type": "error", "error": _error_body(*_classify(exc)[1:])["error"]})
+            yield _event({"type": "error", "error": error_object(exc)})
             return
         usage = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                  "total_tokens": self.input_tokens + self.output_tokens}
@@ -231,106 +238,6 @@ def _event(payload: dict) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-# -- errors -----------------------------------------------------------------------------------
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 type: Optional[str] = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The user-facing error inside a wrapper (Ray re-raises a replica's error with a `cause`)."""
-    for _ in range(8):
-        cause = getattr(exc, "cause", None)
-        if not isinstance(cause, BaseException) or cause is exc:
-            break
-        exc = cause
-    return exc
-
-
-def _classify(exc: BaseException,
-              param: Optional[str] = None) -> tuple[int, str, Optional[str], Optional[str], str]:
-    """(status, message, param, code, type) for any exception."""
-    exc = _unwrap(exc)
-    if isinstance(exc, ApiError):
-        return exc.status, exc.message, exc.param, exc.code, exc.type
-    if isinstance(exc, VoiceNotFoundError):
-        return 400, str(exc), param or "voice", "voice_not_found", "invalid_request_error"
-    if isinstance(exc, VoiceExistsError):
-        return 409, str(exc), "name", "voice_exists", "invalid_request_error"
-    if isinstance(exc, VoiceError):
-        return 400, str(exc), param or "voice", "invalid_voice", "invalid_request_error"
-    if isinstance(exc, AudioError):
-        return 400, str(exc), param, "invalid_audio", "invalid_request_error"
-    if isinstance(exc, TextError):
-        return 400, str(exc), "input", "invalid_input", "invalid_request_error"
-    if isinstance(exc, OptionsError):
-        return 400, str(exc), param, "invalid_value", "invalid_request_error"
-    if isinstance(exc, IndexTTSError):   # a server-side model or config problem
-        logger.error("request failed: %s: %s", type(exc).__name__, exc)
-        return 500, "the server could not synthesise this request", None, "model_error", "server_error"
-    logger.error("internal error", exc_info=exc)
-    return 500, "internal server error", None, "internal_error", "server_error"
-
-
-def _error_body(message: str, param: Optional[str], code: Optional[str], type_: str) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def error_response(exc: BaseException, param: Optional[str] = None) -> JSONResponse:
-    status, message, param, code, type_ = _classify(exc, param)
-    return JSONResponse(_error_body(message, param, code, type_), status_code=status)
-
-
-# pydantic's bound errors -> (the bound's key in the error context, words): says 2.0 as defined, not "2".
-_BOUND_ERRORS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "at least"),
-                 "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
-
-
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = loc[0] if loc else None
-    message = first.get("msg", "invalid request")
-    if param == "response_format":
-        message = f"unsupported response_format; use one of {', '.join(FORMATS)}"
-    elif first.get("type") == "missing":
-        message = f"'{param}' is required"
-    elif first.get("type") in _BOUND_ERRORS and param:
-        key, words = _BOUND_ERRORS[first["type"]]
-        message = f"invalid '{param}': must be {words} {first.get('ctx', {}).get(key)!r}"
-    elif param:
-        message = f"invalid '{param}': {message}"
-    if first.get("type") == "json_invalid":
-        message, param = "request body is not valid JSON", None
-    return JSONResponse(_error_body(message, param, "invalid_value", "invalid_request_error"),
-                        status_code=400)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_validation(_: Request, exc: RequestValidationError):
-        return _validation_response(exc)
-
-    async def on_http(_: Request, exc: HTTPException):
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(_error_body(str(exc.detail), None, code, type_),
-                            status_code=exc.status_code)
-
-    async def on_error(_: Request, exc: Exception):
-        return error_response(exc)
-
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(HTTPException, on_http)
-    app.add_exception_handler(ApiError, on_error)
-    app.add_exception_handler(IndexTTSError, on_error)
-    # Anything else: a 500 envelope (Starlette still re-raises it afterwards, for the server log).
-    app.add_exception_handler(Exception, on_error)
-
-
 # -- routes -----------------------------------------------------------------------------------
 
 def _voice_object(info) -> dict:
@@ -345,6 +252,7 @@ def build_api(service: SpeechService) -> FastAPI:
     _add_speech_routes(app, service)
     _add_voice_routes(app, service)
     _add_original_routes(app, service)
+    _add_stream_variant_routes(app, service)
     _add_status_routes(app, service)
     return app
 
@@ -483,6 +391,32 @@ def _add_original_routes(app: FastAPI, service: SpeechService) -> None:
     async def legacy_voices() -> dict:
         voices = await asyncio.to_thread(registry.list)
         return {v.name: list(v.files) for v in voices}
+
+
+def _add_stream_variant_routes(app: FastAPI, service: SpeechService) -> None:
+    """The streaming variant's routes: raw 16-bit mono PCM at 24 kHz (sent as it is made with
+    `streaming: true`), or one WAV file; both on the same synthesis path as every route."""
+
+    async def synthesis(req: TtsStreamRequest, fmt: str, streaming: bool) -> EncodedAudio:
+        service.check_input(req.text, "text")
+        try:
+            voice = await asyncio.to_thread(service.registry.resolve, req.reference_id)
+        except VoiceNotFoundError as e:
+            raise ApiError(404, str(e), "reference_id", "voice_not_found") from e
+        return await service.audio(req.text, voice, SamplingOptions(), service.settings.max_tokens_per_segment,
+                                   fmt, 1.0, streaming=streaming)
+
+    @app.post("/index-tts/v1/tts_stream")
+    async def tts_stream(req: TtsStreamRequest) -> Response:
+        audio = await synthesis(req, "pcm", req.streaming)
+        if req.streaming:
+            return StreamingResponse(audio, media_type="audio/pcm")
+        return Response(await audio.read(), media_type="audio/pcm")
+
+    @app.post("/index-tts/v1/tts")
+    async def tts_wav(req: TtsStreamRequest) -> Response:
+        audio = await synthesis(req, "wav", False)
+        return Response(await audio.read(), media_type="audio/wav")
 
 
 def _add_status_routes(app: FastAPI, service: SpeechService) -> None:

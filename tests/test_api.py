@@ -414,38 +414,6 @@ def test_bad_uploads_are_client_errors(client, tiny_dir):
 
 # -- the original routes ----------------------------------------------------------------------
 
-def test_original_routes(client, gpt, voices_dir):
-    r = client.post("/tts_url", json={"text": "Hi there.", "audio_paths": ["alice.wav"]})
-    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
-    import wave
-    with wave.open(io.BytesIO(r.content)) as w:        # sent whole: exact sizes in the header
-        assert (w.getframerate(), w.getnframes()) == (SR, len("Hi there") * HOP)
-    assert gpt.calls[-1][2].seed == 8                   # the original's default seed
-    r = client.post("/tts_url", json={"text": "Hi.", "audio_paths": [str(voices_dir / "bob.wav")], "seed": 3})
-    assert r.status_code == 200 and gpt.calls[-1][2].seed == 3
-    assert client.post("/tts", json={"text": "Hi.", "character": "bob"}).headers["content-type"] == "audio/wav"
-    r = client.post("/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "alice"})
-    assert r.headers["content-type"] == "audio/wav"     # the original always answered WAV
-    assert client.get("/audio/voices").json() == {"alice": ["alice.wav"], "bob": ["bob.wav"],
-                                                  "broken": ["broken.wav"]}
-    health = client.get("/health").json()
-    assert health["status"] == "healthy"
-
-
-@pytest.mark.parametrize("paths,status", [(["../private.wav"], 400), (["/etc/passwd"], 400),
-                                          (["missing.wav"], 404), ([], 400)])
-def test_tts_url_never_reads_outside_voices_dir(client, tmp_path, paths, status):
-    (tmp_path / "private.wav").write_bytes(b"private")
-    r = client.post("/tts_url", json={"text": "Hi.", "audio_paths": paths})
-    assert_envelope(r, status, "audio_paths")
-
-
-def test_original_route_errors_use_the_envelope(client):
-    assert_envelope(client.post("/tts", json={"text": "Hi.", "character": "nobody"}), 404, "character")
-    assert_envelope(client.post("/tts", json={"text": "", "character": "alice"}), 400, "text", "empty")
-    assert_envelope(client.post("/tts", json={"character": "alice"}), 400, "text", "required")
-
-
 # -- cancellation -----------------------------------------------------------------------------
 
 def test_closing_the_response_cancels_segments_in_flight(voices_dir):
