@@ -78,3 +78,22 @@ def torch_gpt():
 @pytest.fixture(scope="session")
 def sentences(expected_meta):
     return [s["ids"] for s in expected_meta["sentences"]]
+
+
+@pytest.fixture
+def counted_codes(monkeypatch):
+    """Wraps the PyTorch engine's stream_codes: the list of raw codes produced so far, one step
+    every 5 ms (a realistic step time, so a consumer can observe or outpace the worker)."""
+    import time
+
+    import indextts.gpt.generation as generation
+    produced = []
+    real = generation.stream_codes
+
+    def counting(*args, **kwargs):
+        for code in real(*args, **kwargs):
+            produced.append(code)
+            time.sleep(0.005)
+            yield code
+    monkeypatch.setattr(generation, "stream_codes", counting)
+    return produced

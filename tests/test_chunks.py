@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import pytest
 import torch
@@ -72,21 +71,6 @@ def check_layout(chunks, schedule: ChunkSchedule, dim: int) -> None:
         start += len(c.codes)
     if schedule.is_whole:
         assert len(chunks) == 1
-
-
-@pytest.fixture
-def counted(monkeypatch):
-    """Wraps stream_codes: the list of raw codes produced so far, one step every 5 ms."""
-    produced = []
-    real = generation.stream_codes
-
-    def counting(*args, **kwargs):
-        for code in real(*args, **kwargs):
-            produced.append(code)
-            time.sleep(0.005)     # a realistic step time, so the consumer can observe the worker
-            yield code
-    monkeypatch.setattr(generation, "stream_codes", counting)
-    return produced
 
 
 # -- schedule ------------------------------------------------------------------------------------
@@ -177,7 +161,7 @@ def test_beam_search_is_cut_into_chunks_after_the_search(engine, model, cond, ex
                                atol=1e-5, rtol=0)
 
 
-def test_first_chunk_arrives_while_the_segment_is_still_generating(engine, cond, counted):
+def test_first_chunk_arrives_while_the_segment_is_still_generating(engine, cond, counted_codes):
     schedule = ChunkSchedule((8,))
     produced_at = []
 
@@ -185,12 +169,12 @@ def test_first_chunk_arrives_while_the_segment_is_still_generating(engine, cond,
         chunks = []
         async for chunk in engine.generate(cond, Segment((3, 160, 26, 225, 99)), greedy(), ignore_stop=True,
                                            schedule=schedule):
-            produced_at.append(len(counted))
+            produced_at.append(len(counted_codes))
             chunks.append(chunk)
         return chunks
     chunks = asyncio.run(run())
     assert [len(c.codes) for c in chunks] == [8] * 7 + [4]
-    assert torch.cat([c.codes for c in chunks]).tolist() == counted      # ignore_stop: codes as they came
+    assert torch.cat([c.codes for c in chunks]).tolist() == counted_codes      # ignore_stop: codes as they came
     assert produced_at[0] < MAX_CODES // 2                                # long before the 60th code
     assert all(n < MAX_CODES for n in produced_at[:-1])
 
@@ -219,7 +203,7 @@ def test_the_torch_stage_passes_its_schedule_to_its_engine(model, expected_meta)
 
 
 @pytest.mark.parametrize("how", ["aclose", "cancel"])
-def test_leaving_mid_segment_stops_the_worker(engine, cond, counted, how):
+def test_leaving_mid_segment_stops_the_worker(engine, cond, counted_codes, how):
     async def leave_after_first_chunk():
         gen = engine.generate(cond, Segment((3, 160, 26, 225, 99)), greedy(), ignore_stop=True,
                               schedule=ChunkSchedule((4, 40)))     # a second chunk comes much later
@@ -233,11 +217,11 @@ def test_leaving_mid_segment_stops_the_worker(engine, cond, counted, how):
             second.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await second
-        left = len(counted)                   # the generator returns only once the worker has stopped
+        left = len(counted_codes)                   # the generator returns only once the worker has stopped
         await asyncio.sleep(0.1)
         return left
     left = asyncio.run(leave_after_first_chunk())
-    assert left == len(counted) < MAX_CODES
+    assert left == len(counted_codes) < MAX_CODES
 
 
 def test_a_worker_error_reaches_the_consumer_after_the_chunks_before_it(engine, cond, monkeypatch):

@@ -194,22 +194,12 @@ def test_cli_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_closing_a_torch_segment_stream_stops_its_worker(tts, monkeypatch):
+def test_closing_a_torch_segment_stream_stops_its_worker(tts, monkeypatch, counted_codes):
     import asyncio
 
-    import indextts.gpt.generation as generation
     from indextts.types import Segment
 
-    produced = []
-    real = generation.stream_codes
-
-    def counting(*args, **kwargs):
-        for code in real(*args, **kwargs):
-            produced.append(code)
-            time.sleep(0.005)     # a realistic step time, so the worker cannot outrun the close
-            yield code
-
-    monkeypatch.setattr(generation, "stream_codes", counting)
+    produced = counted_codes
     # run to max_codes whatever the codes (the engine argument benchmarks use on random weights)
     monkeypatch.setattr(tts.gpt.engine, "generate", functools.partial(tts.gpt.engine.generate, ignore_stop=True))
     voice = tts.voice(TINY / "ref_a.wav")

@@ -123,21 +123,13 @@ def test_official_configs_reach(version):
 
 # --- stateful streaming == whole segment ---------------------------------------------------------
 
+@pytest.mark.parametrize("model", ["tiny", "holdout"])
 @pytest.mark.parametrize("name", list(SCHEDULES))
-def test_stream_equals_whole_on_tiny(tiny, tiny_segment, name):
-    lat, spk = tiny_segment
+def test_stream_equals_whole(request, model, name):
+    vocoder, (lat, spk) = request.getfixturevalue(model), request.getfixturevalue(f"{model}_segment")
     with torch.inference_mode():
-        whole = tiny(lat, spk)
-    got, counts = _stream(tiny, lat, spk, _schedule(name, lat.shape[1]))
-    assert _err(got, whole) <= ATOL
-
-
-@pytest.mark.parametrize("name", list(SCHEDULES))
-def test_stream_equals_whole_on_holdout(holdout, holdout_segment, name):
-    lat, spk = holdout_segment
-    with torch.inference_mode():
-        whole = holdout(lat, spk)
-    got, _ = _stream(holdout, lat, spk, _schedule(name, lat.shape[1]))
+        whole = vocoder(lat, spk)
+    got, _ = _stream(vocoder, lat, spk, _schedule(name, lat.shape[1]))
     assert _err(got, whole) <= ATOL
 
 
