@@ -32,18 +32,18 @@ import time
 from common import SENTENCE, add_stream_args, level_summary, stream_row, write_json
 from forced import run_to_max_codes
 
-async def one_request(tts, text: str, voice, options, max_tokens: int) -> dict:
+async def one_request(tts, text: str, voice, options, max_tokens: int, schedule=None) -> dict:
     start = time.perf_counter()
     arrivals, durations = [], []
-    async for chunk in tts.synthesizer.stream(text, voice, options, max_tokens):
+    async for chunk in tts.synthesizer.stream(text, voice, options, max_tokens, schedule):
         arrivals.append(time.perf_counter() - start)
         durations.append(chunk.samples.numel() / chunk.sample_rate)
     return stream_row(arrivals, durations)
 
 
-async def run_level(tts, level: int, text: str, voice, options, max_tokens: int) -> dict:
+async def run_level(tts, level: int, text: str, voice, options, max_tokens: int, schedule=None) -> dict:
     start = time.perf_counter()
-    rows = await asyncio.gather(*(one_request(tts, text, voice, options[i % len(options)], max_tokens)
+    rows = await asyncio.gather(*(one_request(tts, text, voice, options[i % len(options)], max_tokens, schedule)
                                   for i in range(level)))
     return level_summary(level, time.perf_counter() - start, rows)
 
@@ -63,7 +63,7 @@ def main() -> int:
     import torch
 
     from indextts.pipeline import IndexTTS
-    from indextts.types import SamplingOptions
+    from indextts.types import ChunkSchedule, SamplingOptions
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     extra = {"max_num_seqs": args.max_num_seqs} if args.engine == "vllm" else {}
@@ -72,6 +72,8 @@ def main() -> int:
                                    gpu_memory_utilization=args.gpu_memory_utilization, **extra)
     startup = time.perf_counter() - started
     tts.vocoder.mixed_length_batches = args.mixed_length_batches
+    tts.vocoder.lookahead = args.vocoder_lookahead
+    schedule = ChunkSchedule.parse(args.chunk_schedule) if args.chunk_schedule else None
     voice = tts.voice(args.voice)
     text = " ".join([SENTENCE] * args.segments)
     # Real segments differ in length, which decides how the vocoder can batch them: requests cycle
@@ -81,17 +83,18 @@ def main() -> int:
     options = [SamplingOptions(max_codes=n, seed=0) for n in spread]
     max_tokens = tts.info.config.gpt.max_text_tokens
     segment_tokens = len(tts.frontend.process_sync(SENTENCE, max_tokens).ids)
-    tts.run(run_level(tts, 2, text, voice, options, segment_tokens))    # warm-up (compiles, caches voice)
+    tts.run(run_level(tts, 2, text, voice, options, segment_tokens, schedule))   # warm-up (compiles, caches voice)
     results = {"engine": args.engine, "device": args.device, "dtype": str(tts.vocoder.dtype),
                "startup_s": startup, "segments_per_request": args.segments,
                "vocoder_mixed_length_batches": args.mixed_length_batches,
+               "chunk_schedule": str(schedule or tts.gpt.engine.schedule), "vocoder_lookahead": args.vocoder_lookahead,
                "codes_per_segment_spread": spread,
                "codes_per_segment": args.segment_codes,
                "audio_s_per_segment": args.segment_codes * 1024 / 24000, "levels": []}
     if args.device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name(0)
     for level in args.levels:
-        row = tts.run(run_level(tts, level, text, voice, options, segment_tokens))
+        row = tts.run(run_level(tts, level, text, voice, options, segment_tokens, schedule))
         print(json.dumps(row), flush=True)
         results["levels"].append(row)
         write_json(args.out, results)

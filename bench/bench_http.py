@@ -93,6 +93,10 @@ def main() -> int:
     app_args = {"model_dir": args.model_dir, "device": args.device, "gpt_engine": args.gpt_engine,
                 "voices_dir": str(voices),
                 "gpu_memory_utilization": args.gpu_memory_utilization}
+    if args.chunk_schedule:
+        app_args["chunk_schedule"] = args.chunk_schedule
+    if args.vocoder_lookahead is not None:
+        app_args["vocoder_lookahead"] = args.vocoder_lookahead
     started = time.perf_counter()
     serve.run(build_forced_app(app_args, args.segment_codes), name="bench", route_prefix="/")
     startup = time.perf_counter() - started
@@ -103,7 +107,9 @@ def main() -> int:
             "response_format": "pcm", "seed": 0, "max_tokens_per_segment": sentence_tokens}
     asyncio.run(level_run(url, body, 2))            # warm-up: compiles, caches the voice
     results = {"engine": args.gpt_engine, "device": args.device, "startup_s": startup,
-               "segments_per_request": args.segments, "codes_per_segment": args.segment_codes, "levels": []}
+               "segments_per_request": args.segments, "codes_per_segment": args.segment_codes,
+               "chunk_schedule": args.chunk_schedule or "default", "vocoder_lookahead": args.vocoder_lookahead,
+               "levels": []}
     for level in args.levels:
         row = asyncio.run(level_run(url, body, level))
         print(json.dumps(row), flush=True)

@@ -76,6 +76,11 @@ def add_stream_args(p: argparse.ArgumentParser, levels: list[int], gpu_memory_ut
     p.add_argument("--segments", type=int, default=4, help="sentences (segments) per request")
     p.add_argument("--segment-codes", type=int, default=59, help="codes per segment (4 x 59 = 10.07 s)")
     p.add_argument("--gpu-memory-utilization", type=float, default=gpu_memory_utilization)
+    p.add_argument("--chunk-schedule", default=None,
+                   help="codes per GPT chunk, e.g. 40,24,48,96, or 'whole' (segment-level streaming, the "
+                        "previous path); default: the library's")
+    p.add_argument("--vocoder-lookahead", type=int, default=None,
+                   help="latent frames the vocoder waits for (default: its receptive field, exact)")
     p.add_argument("--out", required=True)
 
 

@@ -22,12 +22,12 @@ class ForcedLength:
         self.engine = engine
         self.codes = codes
 
-    def generate(self, cond, segment, options):
+    def generate(self, cond, segment, options, schedule=None):
         if self.codes is not None:
             options = dataclasses.replace(options, max_codes=self.codes)
         elif options.max_codes is None:
             raise ValueError("forced-length requests need max_codes")
-        return self.engine.generate(cond, segment, options, ignore_stop=True)
+        return self.engine.generate(cond, segment, options, ignore_stop=True, schedule=schedule)
 
     def __getattr__(self, name):          # warm_up, check_health, ...: the engine's own
         return getattr(self.engine, name)

@@ -25,7 +25,7 @@ from indextts.checkpoint import CheckpointInfo
 from indextts.errors import OptionsError, VoiceError
 from indextts.stages import StageOptions, Stages, build_stages
 from indextts.synthesis import DEFAULT_MAX_TOKENS_PER_SEGMENT, Synthesizer
-from indextts.types import AudioChunk, SamplingOptions, VoiceSpec
+from indextts.types import AudioChunk, ChunkSchedule, SamplingOptions, VoiceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +113,22 @@ class IndexTTS:
             raise VoiceError(str(e)) from e
 
     def stream(self, text: str, voice: VoiceLike, options: SamplingOptions = SamplingOptions(),
-               max_tokens_per_segment: Optional[int] = None) -> Iterator[AudioChunk]:
-        """Audio (float32 samples at 24 kHz) chunk by chunk, as soon as each is ready.
+               max_tokens_per_segment: Optional[int] = None,
+               chunk_schedule: Optional[ChunkSchedule] = None) -> Iterator[AudioChunk]:
+        """Audio as `AudioChunk`s (float32 samples at 24 kHz), each as soon as it is ready.
 
-        `max_tokens_per_segment` defaults to 120, or the checkpoint's `max_text_tokens` if smaller."""
+        `max_tokens_per_segment` defaults to 120, or the checkpoint's `max_text_tokens` if smaller.
+        `chunk_schedule`: how segments are cut into chunks for this call (None: the stages'
+        `StageOptions.chunk_schedule`); the audio is the same for every schedule."""
         max_tokens = self._max_tokens(max_tokens_per_segment)
-        agen = self.synthesizer.stream(text, self.voice(voice), options, max_tokens)
+        agen = self.synthesizer.stream(text, self.voice(voice), options, max_tokens, chunk_schedule)
         return self._loop.iterate(agen)
 
     def synthesize(self, text: str, voice: VoiceLike, options: SamplingOptions = SamplingOptions(),
-                   max_tokens_per_segment: Optional[int] = None) -> torch.Tensor:
+                   max_tokens_per_segment: Optional[int] = None,
+                   chunk_schedule: Optional[ChunkSchedule] = None) -> torch.Tensor:
         """The whole utterance as int16 samples `[n]` at 24 kHz (the original's output conversion)."""
-        chunks = [c.samples for c in self.stream(text, voice, options, max_tokens_per_segment)]
+        chunks = [c.samples for c in self.stream(text, voice, options, max_tokens_per_segment, chunk_schedule)]
         return float_to_int16(torch.cat(chunks)) if chunks else torch.zeros(0, dtype=torch.int16)
 
     def run(self, coro):

@@ -2,8 +2,10 @@
 
 Segments are independent in IndexTTS (each is conditioned only on the voice), so up to
 `lookahead` segments are generated and vocoded at once, chunk by chunk, while earlier ones are
-played; audio still comes out in text order. Cancelling the consumer cancels every in-flight
-stage call.
+played; audio still comes out in text order. Within a segment, each GPT chunk's latents go to
+the vocoder as a window (`WindowCutter`) with the context and lookahead it asks for, so the
+chunks' audio joins into the segment's whole-segment audio. Cancelling the consumer cancels every
+in-flight stage call.
 """
 
 from __future__ import annotations
@@ -12,19 +14,20 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import AsyncIterator, Union
+from typing import AsyncIterator, Optional, Union
 
 import torch
 
 from indextts.audio import SAMPLE_RATE
 from indextts.stages.base import FrontendStage, GPTStage, VocoderStage
-from indextts.types import AudioChunk, CodeChunk, SamplingOptions, Segment, VoiceSpec
+from indextts.types import AudioChunk, ChunkSchedule, CodeChunk, SamplingOptions, Segment, VoiceSpec
+from indextts.vocoder.streaming import WindowCutter
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS_PER_SEGMENT = 120
 
-_Item = Union[tuple[CodeChunk, torch.Tensor], BaseException, None]
+_Item = Union[tuple[CodeChunk, torch.Tensor, int], BaseException, None]
 
 
 class Synthesizer:
@@ -37,12 +40,16 @@ class Synthesizer:
         self.gpt = gpt
         self.vocoder = vocoder
         self.lookahead = lookahead
+        self._window_frames: Optional[tuple[int, int]] = None
 
     async def stream(self, text: str, voice: VoiceSpec, options: SamplingOptions = SamplingOptions(),
-                     max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT
-                     ) -> AsyncIterator[AudioChunk]:
+                     max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT,
+                     schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[AudioChunk]:
         """Audio of each code chunk, in order, as soon as it is ready. The last chunk of a segment
-        has `metadata["segment_end"]`; the utterance's last chunk has `final=True`."""
+        has `metadata["segment_end"]`; the utterance's last chunk has `final=True`. `schedule`:
+        how the GPT stage cuts segments into chunks (None: the stage's own)."""
+        if self._window_frames is None:
+            self._window_frames = await self.vocoder.window_frames()
         front = await self.frontend.process(text, max_tokens_per_segment)
         segments = list(front.segments)
         queues: dict[int, asyncio.Queue] = {}
@@ -54,15 +61,16 @@ class Synthesizer:
                     if j not in queues:
                         queues[j] = asyncio.Queue()
                         tasks.append(asyncio.ensure_future(self._segment(
-                            segments[j], voice, _segment_options(options, j, len(segments)), queues[j])))
+                            segments[j], voice, _segment_options(options, j, len(segments)), schedule,
+                            queues[j])))
                 queue = queues.pop(i)
                 while (item := await queue.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
-                    chunk, samples = item
+                    chunk, samples, codes = item
                     yield AudioChunk(samples=samples, sample_rate=SAMPLE_RATE,
                                      final=chunk.final and i == len(segments) - 1,
-                                     metadata={"segment": i, "segments": len(segments), "codes": len(chunk.codes),
+                                     metadata={"segment": i, "segments": len(segments), "codes": codes,
                                                "segment_end": chunk.final, "stopped": chunk.stopped,
                                                "text_tokens": len(segment.ids) if chunk.final else 0,
                                                "elapsed_s": time.perf_counter() - started})
@@ -73,23 +81,34 @@ class Synthesizer:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _segment(self, segment: Segment, voice: VoiceSpec, options: SamplingOptions,
-                       out: asyncio.Queue) -> None:
+                       schedule: Optional[ChunkSchedule], out: asyncio.Queue) -> None:
         """Generates and vocodes one segment chunk by chunk into `out`; then None (or the error)."""
-        chunks = self.gpt.generate(voice, segment, options)
-        try:
+        chunks = None
+        try:                          # every error, a failed call included, reaches the consumer
+            chunks = self.gpt.generate(voice, segment, options, schedule)
+            windows = WindowCutter(*self._window_frames)
+            codes = 0                 # codes of chunks whose frames await their lookahead
             async for chunk in chunks:
-                samples = await self.vocoder.vocode(voice, chunk) if len(chunk.codes) else torch.zeros(0)
-                out.put_nowait((chunk, samples))
+                codes += len(chunk.codes)
+                window = windows.push(chunk.latents, chunk.final)
+                if window is None and not chunk.final:
+                    continue          # nothing due yet: no empty audio chunk
+                samples = await self.vocoder.vocode(voice, window) if window is not None else torch.zeros(0)
+                out.put_nowait((chunk, samples, codes))
+                codes = 0
             out.put_nowait(None)
         except Exception as e:          # handed to the consumer, which raises it in order
             out.put_nowait(e)
         finally:
-            await chunks.aclose()
+            if chunks is not None:
+                await chunks.aclose()
 
     async def synthesize(self, text: str, voice: VoiceSpec, options: SamplingOptions = SamplingOptions(),
-                         max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT) -> torch.Tensor:
+                         max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT,
+                         schedule: Optional[ChunkSchedule] = None) -> torch.Tensor:
         """The whole utterance: `[n]` float32 samples at 24 kHz (segments joined without gaps)."""
-        parts = [chunk.samples async for chunk in self.stream(text, voice, options, max_tokens_per_segment)]
+        parts = [chunk.samples async for chunk in self.stream(text, voice, options, max_tokens_per_segment,
+                                                              schedule)]
         return torch.cat(parts) if parts else torch.zeros(0)
 
 

@@ -170,8 +170,8 @@ class VoiceSpec:
 class ChunkSchedule:
     """How the GPT stage cuts a segment into `CodeChunk`s: chunk sizes in codes (after silence
     shrinking), the last size repeating: `ChunkSchedule((8, 24, 48))` gives 8, 24, 48, 48, ...
-    codes; the segment's last chunk holds what is left. `sizes=None` (`ChunkSchedule.whole()`,
-    the default) yields each segment as one chunk at its end."""
+    codes; the segment's last chunk holds what is left. `sizes=None` (`ChunkSchedule.whole()`)
+    yields each segment as one chunk at its end."""
 
     sizes: Optional[tuple[int, ...]] = None
 
@@ -192,8 +192,50 @@ class ChunkSchedule:
     def is_whole(self) -> bool:
         return self.sizes is None
 
+    @classmethod
+    def streaming(cls) -> "ChunkSchedule":
+        """The default: a first chunk just past the vocoder's exact lookahead (34 frames), so
+        that the first audio comes early, then growing chunks, so that each later vocoder window
+        is mostly new frames (see docs/streaming.md)."""
+        return cls(STREAMING_CHUNK_SIZES)
+
+    @classmethod
+    def parse(cls, text: str) -> "ChunkSchedule":
+        """"40,24,48" -> those sizes; "whole" -> `whole()` (command lines and config files)."""
+        text = text.strip().lower()
+        if text == "whole":
+            return cls.whole()
+        try:
+            return cls(tuple(int(part) for part in text.split(",")))
+        except ValueError as e:
+            raise OptionsError(f"chunk schedule must be 'whole' or comma-separated positive integers, "
+                               f"got {text!r}") from e
+
     def size(self, index: int) -> Optional[int]:
         """Codes in chunk `index` (0-based) unless it is the segment's last; None: no limit."""
         if self.sizes is None:
             return None
         return self.sizes[min(index, len(self.sizes) - 1)]
+
+    def __str__(self) -> str:
+        return "whole" if self.sizes is None else ",".join(map(str, self.sizes))
+
+
+STREAMING_CHUNK_SIZES = (40, 24, 48, 96)
+
+
+@dataclass(frozen=True, eq=False)
+class LatentWindow:
+    """Latent frames cut from one segment for the vocoder: the samples of frames
+    `[left, left + emit)` of `latents` are wanted; the frames before them are context and the
+    frames after them lookahead (BigVGAN is non-causal: see `indextts.vocoder.streaming`). A
+    window that starts or ends where its segment does has no context or lookahead there."""
+
+    latents: torch.Tensor             # [left + emit + right, D] float32, on the CPU
+    left: int
+    emit: int
+
+    def __post_init__(self):
+        if not (0 <= self.left and 0 <= self.emit and self.left + self.emit <= self.latents.shape[0]):
+            raise ValueError(f"window [{self.left}, {self.left + self.emit}) does not fit "
+                             f"{self.latents.shape[0]} frames")

@@ -17,6 +17,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from indextts.errors import OptionsError
+from indextts.types import ChunkSchedule
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_VOICES_DIR = Path.home() / ".cache" / "indextts" / "voices"
@@ -52,6 +55,13 @@ class AppArgs(BaseModel):
     vocoder_mixed_length_batches: bool = Field(
         False, description="batch segments of different lengths (right-padded, per-item lengths): "
         "more batching under load, equal to unbatched output up to float rounding (~1e-6), not bit for bit")
+    chunk_schedule: str = Field(str(ChunkSchedule.streaming()),
+                                description="codes per GPT chunk, comma-separated, the last repeating "
+                                            "(small first: early first audio), or 'whole' (one chunk per segment)")
+    vocoder_lookahead: Optional[int] = Field(None, ge=0, le=64,
+                                             description="latent frames the vocoder waits for past the frames "
+                                                         "it emits; default: its receptive field (chunked audio "
+                                                         "equals whole-segment audio); less: earlier, inexact")
     max_tokens_per_segment: int = Field(120, ge=1, le=600)
     max_input_chars: int = Field(4096, ge=1)
     segment_lookahead: int = Field(4, ge=1, le=64, description="segments generated ahead of playback")
@@ -67,6 +77,14 @@ class AppArgs(BaseModel):
         if not _DEVICE.match(value):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {value!r}")
         return value
+
+    @field_validator("chunk_schedule")
+    @classmethod
+    def _chunk_schedule(cls, value: str) -> str:
+        try:
+            return str(ChunkSchedule.parse(value))
+        except OptionsError as e:
+            raise ValueError(str(e)) from None
 
     @property
     def on_gpu(self) -> bool:
@@ -95,7 +113,9 @@ class AppArgs(BaseModel):
                             engine=self.gpt_engine, gpu_memory_utilization=self.gpu_memory_utilization,
                             engine_kwargs=engine_kwargs, text_cache_dir=self.text_cache_dir,
                             voice_cache_size=self.voice_cache_size, vocoder_max_batch=self.vocoder_max_batch_size,
-                            vocoder_mixed_length_batches=self.vocoder_mixed_length_batches)
+                            vocoder_mixed_length_batches=self.vocoder_mixed_length_batches,
+                            chunk_schedule=ChunkSchedule.parse(self.chunk_schedule),
+                            vocoder_lookahead=self.vocoder_lookahead)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Optional
 
 from ray import serve
 
 from indextts.stages import GPTStage
-from indextts.types import CodeChunk, SamplingOptions, Segment, VoiceSpec
+from indextts.types import ChunkSchedule, CodeChunk, SamplingOptions, Segment, VoiceSpec
 from serve_app.health import StageDeployment
 
 logger = logging.getLogger(__name__)
@@ -29,10 +29,10 @@ class GPT(StageDeployment):
     def __init__(self, make_stage: Callable[[], GPTStage]):
         self.stage = make_stage()
 
-    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions
-                       ) -> AsyncIterator[CodeChunk]:
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions,
+                       schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[CodeChunk]:
         """Code chunks of one segment, each with its latents; the last has `final=True`."""
-        chunks = self.stage.generate(voice, segment, options)
+        chunks = self.stage.generate(voice, segment, options, schedule)
         try:
             async for chunk in chunks:
                 yield chunk

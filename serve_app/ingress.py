@@ -14,7 +14,7 @@ which closes the engine's generator, which aborts the vLLM request.
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
 import torch
 from ray import serve
@@ -22,7 +22,8 @@ from ray.serve.handle import DeploymentHandle
 
 from indextts.stages import FrontendStage, GPTStage, VocoderStage
 from indextts.synthesis import Synthesizer
-from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment, VoiceSpec
+from indextts.types import (ChunkSchedule, CodeChunk, FrontendResult, LatentWindow, SamplingOptions, Segment,
+                            VoiceSpec)
 from indextts.voices import VoiceRegistry
 from serve_app.api import ServiceSettings, SpeechService, build_api
 
@@ -45,9 +46,9 @@ class _GPTClient(GPTStage):
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle.options(stream=True)
 
-    async def generate(self, voice: VoiceSpec, segment: Segment,
-                       options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
-        responses = self.handle.generate.remote(voice, segment, options)
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions(),
+                       schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[CodeChunk]:
+        responses = self.handle.generate.remote(voice, segment, options, schedule)
         finished = False
         try:
             async for chunk in responses:
@@ -64,8 +65,11 @@ class _VocoderClient(VocoderStage):
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
-    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
-        return await self.handle.vocode.remote(voice, chunk)
+    async def vocode(self, voice: VoiceSpec, window: LatentWindow) -> torch.Tensor:
+        return await self.handle.vocode.remote(voice, window)
+
+    async def window_frames(self) -> tuple[int, int]:
+        return await self.handle.window_frames.remote()
 
 
 class _ServeMetrics:

@@ -97,3 +97,20 @@ def counted_codes(monkeypatch):
             yield code
     monkeypatch.setattr(generation, "stream_codes", counting)
     return produced
+
+
+def check_layout(chunks, schedule, dim: int) -> None:
+    """`CodeChunk`s of one segment: consecutive starts, sizes on the `ChunkSchedule`, no empty
+    chunk, one final chunk (the last)."""
+    assert [c.final for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert not any(c.stopped for c in chunks[:-1])
+    start = 0
+    for k, c in enumerate(chunks):
+        assert c.start == start and c.codes.dtype == torch.long
+        assert c.latents.shape == (len(c.codes), dim) and c.latents.dtype == torch.float32
+        assert len(c.codes) > 0
+        size = schedule.size(k)
+        assert size is None or (len(c.codes) == size if not c.final else len(c.codes) <= size)
+        start += len(c.codes)
+    if schedule.is_whole:
+        assert len(chunks) == 1

@@ -25,7 +25,7 @@ from indextts.batching import BatchQueue
 from indextts.stages import FrontendStage, GPTStage, VocoderStage
 from indextts.synthesis import Synthesizer
 from indextts.types import (REPETITION_PENALTY_MAX, SEED_LIMIT, TEMPERATURE_MAX, TOP_K_MAX, TOP_P_MAX, CodeChunk,
-                            FrontendResult, SamplingOptions, Segment, VoiceSpec)
+                            FrontendResult, LatentWindow, SamplingOptions, Segment, VoiceSpec)
 from indextts.voices import VoiceRegistry
 from serve_app.api import LegacySpeechRequest, ServiceSettings, SpeechRequest, SpeechService, build_api
 
@@ -69,7 +69,8 @@ class FakeGPT(GPTStage):
             with open(self.log, "a") as f:
                 f.write(json.dumps(event) + "\n")
 
-    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions()):
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions(),
+                       schedule=None):
         if any("broken" in r for r in voice.references):
             raise AudioError("reference audio is silent")
         if segment.text.startswith("crash"):
@@ -103,8 +104,8 @@ class FakeVocoder(VocoderStage):
         self.log = log
         self._queue = BatchQueue(self._vocode_batch)
 
-    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
-        return await self._queue.submit(chunk.latents)
+    async def vocode(self, voice: VoiceSpec, window: LatentWindow) -> torch.Tensor:
+        return await self._queue.submit(window.latents[window.left:window.left + window.emit])
 
     async def _vocode_batch(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.log:

@@ -17,7 +17,7 @@ from indextts.stages.conditioning import VoiceConditioner
 from indextts.stages.gpt_torch import TorchEngine, TorchGPTStage
 from indextts.types import ChunkSchedule, SamplingOptions, Segment, VoiceSpec
 
-from conftest import TINY
+from conftest import TINY, check_layout
 
 STOP = 8193
 ATOL = 1e-4            # latents, as tests/golden/README.md recommends (and test_gpt.py uses)
@@ -55,22 +55,6 @@ def collect(gen) -> list:
 
 def greedy(rp: float = 10.0, **kw) -> SamplingOptions:
     return SamplingOptions.deterministic(repetition_penalty=rp, max_codes=MAX_CODES, **kw)
-
-
-def check_layout(chunks, schedule: ChunkSchedule, dim: int) -> None:
-    """Consecutive starts, sizes on the schedule, no empty chunk, one final chunk (the last)."""
-    assert [c.final for c in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert not any(c.stopped for c in chunks[:-1])
-    start = 0
-    for k, c in enumerate(chunks):
-        assert c.start == start and c.codes.dtype == torch.long
-        assert c.latents.shape == (len(c.codes), dim) and c.latents.dtype == torch.float32
-        assert len(c.codes) > 0
-        size = schedule.size(k)
-        assert size is None or (len(c.codes) == size if not c.final else len(c.codes) <= size)
-        start += len(c.codes)
-    if schedule.is_whole:
-        assert len(chunks) == 1
 
 
 # -- schedule ------------------------------------------------------------------------------------

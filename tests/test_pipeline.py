@@ -14,7 +14,8 @@ from indextts.cli import main
 from indextts.errors import AudioError, OptionsError, TextError, VoiceError
 from indextts.pipeline import IndexTTS
 from indextts.stages.builder import parse_device, vocoder_dtype
-from indextts.types import CodeChunk, SamplingOptions
+from indextts.audio import float_to_int16
+from indextts.types import ChunkSchedule, LatentWindow, SamplingOptions
 
 from conftest import TINY
 
@@ -57,11 +58,35 @@ def test_beam_search_reproduces_golden_waveform(tts, expected, expected_meta):
 
 def test_stream_yields_each_segment(tts, expected, expected_meta):
     text, ref, max_tokens = _golden_e2e(expected_meta, 1)
-    chunks = list(tts.stream(text, ref, GREEDY, max_tokens_per_segment=max_tokens))
+    chunks = list(tts.stream(text, ref, GREEDY, max_tokens_per_segment=max_tokens,
+                             chunk_schedule=ChunkSchedule.whole()))
     assert [c.metadata["segment"] for c in chunks] == [0, 1, 2]
     assert [c.final for c in chunks] == [False, False, True]
     codes = [len(s["codes_raw"]) - (s["codes_raw"][-1] == 8193) for s in expected_meta["e2e"][1]["segments"]]
     assert [c.samples.numel() for c in chunks] == [1024 * n for n in codes]
+
+
+@pytest.mark.parametrize("sizes", [(1,), (5, 17), (40, 24, 48, 96)])
+def test_chunked_streams_join_into_whole_segment_audio(tts, expected, expected_meta, sizes):
+    """Every schedule gives the whole-segment audio (the vocoder's windows cover its receptive
+    field); each segment's chunks carry its codes once and end with one `segment_end`."""
+    text, ref, max_tokens = _golden_e2e(expected_meta, 1)
+    chunks = list(tts.stream(text, ref, GREEDY, max_tokens_per_segment=max_tokens,
+                             chunk_schedule=ChunkSchedule(sizes)))
+    segments = expected_meta["e2e"][1]["segments"]
+    codes = [len(s["codes_raw"]) - (s["codes_raw"][-1] == 8193) for s in segments]
+    for i, n in enumerate(codes):
+        mine = [c for c in chunks if c.metadata["segment"] == i]
+        assert [c.metadata["segment_end"] for c in mine] == [False] * (len(mine) - 1) + [True]
+        assert sum(c.metadata["codes"] for c in mine) == n
+        assert sum(c.samples.numel() for c in mine) == 1024 * n
+        assert all(c.samples.numel() > 0 for c in mine[:-1])          # no empty chunk before the end
+    assert [c.metadata["segment"] for c in chunks] == sorted(c.metadata["segment"] for c in chunks)
+    if sizes == (1,):
+        assert len(chunks) > len(segments)                           # really streamed within segments
+    audio = float_to_int16(torch.cat([c.samples for c in chunks]))
+    want = expected["e2e1.wav_int16"].reshape(-1)
+    assert (audio.int() - want.int()).abs().max() <= 2
 
 
 def test_concurrent_threads_equal_sequential(tts, expected_meta):
@@ -255,7 +280,7 @@ def test_concurrent_vocode_calls_share_bigvgan_calls(tts, mixed):
     lats = [torch.randn(n, stage.model.cfg.gpt_dim) for n in lengths]
 
     async def run():
-        return await asyncio.gather(*(stage.vocode(voice, CodeChunk(torch.zeros(len(x)), x)) for x in lats))
+        return await asyncio.gather(*(stage.vocode(voice, LatentWindow(x, 0, len(x))) for x in lats))
     try:
         wavs = asyncio.run(run())
         singles = [stage.vocode_batch_sync([voice], [x])[0] for x in lats]
@@ -269,6 +294,25 @@ def test_concurrent_vocode_calls_share_bigvgan_calls(tts, mixed):
     for wav, single, n in zip(wavs, singles, lengths):
         assert wav.shape == (n * 1024,)
         assert (wav - single).abs().max().item() < 1e-5
+
+
+def test_batched_windows_emit_their_own_frames(tts):
+    """Windows of one length share a call; each keeps only the samples of its emitted frames,
+    equal to the same frames of its latents vocoded alone."""
+    stage, calls = _counting_stage(mixed=False)
+    voice = tts.voice(TINY / "ref_a.wav")
+    torch.manual_seed(1)
+    lats = [torch.randn(12, stage.model.cfg.gpt_dim) for _ in range(3)]
+    windows = [LatentWindow(lats[0], 0, 12), LatentWindow(lats[1], 3, 5), LatentWindow(lats[2], 7, 5)]
+    try:
+        wavs = stage.vocode_batch_sync([voice] * 3, windows)
+        whole = [stage.vocode_batch_sync([voice], [x])[0] for x in lats]
+    finally:
+        stage.close()
+    assert calls[0] == 3
+    for wav, w, full in zip(wavs, windows, whole):
+        assert wav.shape == (w.emit * 1024,)
+        assert (wav - full[w.left * 1024:(w.left + w.emit) * 1024]).abs().max().item() < 1e-5
 
 
 def test_vocode_batch_respects_max_batch(tts):

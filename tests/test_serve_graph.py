@@ -26,14 +26,17 @@ import pytest
 import requests
 
 import test_api
+import serve_support
+from serve_support import GatedGPTFactory
 from test_api import FakeFrontend, FakeGPT, FakeVocoder, decode
 
 ray = pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 from ray import serve  # noqa: E402
 
+from indextts.checkpoint import CheckpointInfo  # noqa: E402
 from serve_app.app import build_app, build_graph  # noqa: E402
-from serve_app.config import AppArgs  # noqa: E402
+from serve_app.config import AppArgs, StageFactory  # noqa: E402
 
 from conftest import CODEC_SLACK_S  # noqa: E402
 
@@ -54,6 +57,7 @@ def serve_url():
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     ray.cloudpickle.register_pickle_by_value(test_api)   # the fakes travel to the replicas
+    ray.cloudpickle.register_pickle_by_value(serve_support)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -101,6 +105,22 @@ def vllm_sdk(request, tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def gated_app(serve_url, tmp_path_factory, tiny_dir):
+    """The real graph on the tiny checkpoint (PyTorch engine, default chunk schedule) whose code
+    generation waits at code `HOLD_AT` of each segment until the test opens its gate."""
+    root = tmp_path_factory.mktemp("gated")
+    gates = root / "gates"
+    gates.mkdir()
+    limit = CheckpointInfo.from_dir(tiny_dir).config.gpt.max_segment_tokens
+    args = AppArgs(model_dir=str(tiny_dir), device="cpu", gpt_engine="torch", max_tokens_per_segment=limit,
+                   voices_dir=str(_voices_dir(root / "voices", tiny_dir)))
+    app = build_graph(args, StageFactory("frontend", args), GatedGPTFactory(args, str(gates), HOLD_AT),
+                      StageFactory("vocoder", args), max_tokens_limit=limit)
+    serve.run(app, name="gated", route_prefix="/gated")
+    return f"{serve_url}/gated", gates
+
+
+@pytest.fixture(scope="session")
 def sdk(tiny_app):
     return openai.OpenAI(base_url=f"{tiny_app[0]}/v1", api_key="unused", max_retries=0, timeout=120)
 
@@ -138,6 +158,49 @@ def test_openai_sdk_streams_audio_before_the_request_finishes(sdk):
     assert len(arrivals) >= 3
     assert arrivals[0] < 0.8 * arrivals[-1]
     assert sizes[0] < 0.5 * sum(sizes) and sum(sizes) % 2 == 0
+
+
+HOLD_AT = 41          # the default schedule's first chunk (40 codes) is cut when code 41 arrives
+# One segment; sampled with this seed the tiny checkpoint generates its full 60 codes, no stop code.
+LONG = {"model": "tts-1", "voice": "alice", "input": "Hello world, this is a long test of streaming.",
+        "response_format": "pcm", "seed": 1}
+
+
+def _gate_events(gates: Path, k: int) -> list[str]:
+    lines = (gates / "log").read_text().splitlines() if (gates / "log").exists() else []
+    return [e["event"] for e in map(json.loads, lines) if e["k"] == k]
+
+
+def _wait_for(gates: Path, k: int, event: str) -> list[str]:
+    deadline = time.time() + 30
+    while event not in (events := _gate_events(gates, k)) and time.time() < deadline:
+        time.sleep(0.02)
+    return events
+
+
+def test_first_audio_arrives_while_the_segment_is_generating_and_leaving_stops_it(gated_app):
+    """First audio comes from the first chunk while the GPT is held mid-segment (it can only go
+    on once the client has those bytes); a client that leaves mid-segment stops the generation
+    at the next code (the cancellation reaches the engine's code loop)."""
+    url, gates = gated_app
+    with requests.post(f"{url}/v1/audio/speech", json=LONG, stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        stream = r.iter_content(chunk_size=None)
+        first = next(stream)
+        assert first and _gate_events(gates, 1) == ["held"]      # code 42 of 60 not generated yet
+        (gates / "1").touch()
+        rest = b"".join(stream)
+    assert _wait_for(gates, 1, "ended") == ["held", "released", "ended"]
+    ended = [json.loads(line) for line in (gates / "log").read_text().splitlines()][-1]
+    assert ended == {"event": "ended", "k": 1, "codes": 60}
+    assert len(first) + len(rest) == 2 * 1024 * 60                # every code's audio, once
+
+    with requests.post(f"{url}/v1/audio/speech", json=LONG, stream=True, timeout=120) as r:
+        assert next(r.iter_content(chunk_size=None)) and _gate_events(gates, 2) == ["held"]
+    # the connection is closed mid-segment: the engine's worker learns it while held, and stops
+    assert _wait_for(gates, 2, "ended") == ["held", "cancelled", "ended"]
+    ended = [e for e in map(json.loads, (gates / "log").read_text().splitlines()) if e["k"] == 2][-1]
+    assert ended["codes"] == HOLD_AT + 1                          # the next code after the hold, no more
 
 
 def test_sse_stream_through_real_serve(tiny_app):

@@ -13,7 +13,7 @@ from indextts.config import BigVGANConfig, IndexTTSConfig
 from indextts.random_checkpoint import randomize
 from indextts.vocoder import BigVGAN
 from indextts.vocoder.streaming import (ReceptiveField, StreamingVocoder, receptive_field, receptive_field_of,
-                                        vocode_chunked, vocode_window)
+                                        vocode_chunked, vocode_window, WindowCutter)
 
 ATOL = 1e-4  # fp32 CPU, as the golden waveform tolerance
 # A "hold-out" vocoder unlike IndexTTS's: other rates (hop 30), kernels, dilation counts, no per-stage speaker terms.
@@ -191,6 +191,45 @@ def test_vocode_window_keeps_the_chunk(holdout, holdout_segment):
         whole = holdout(lat, spk)
         got = vocode_window(holdout, lat[:, 40 - rf.context:50 + rf.lookahead], spk, rf.context, 10)
     assert _err(got, whole[..., 40 * hop:50 * hop]) <= ATOL
+
+
+def _cut_windows(model: BigVGAN, lat, spk, schedule: list[int], context: int, lookahead: int):
+    """`WindowCutter` fed chunks of `schedule`: the emitted frame counts, the concatenated samples
+    of its windows, and the most frames it kept."""
+    cutter, out, emitted, kept, i, k = WindowCutter(context, lookahead), [], [], 0, 0, 0
+    while i < lat.shape[1]:
+        n = schedule[min(k, len(schedule) - 1)]
+        window = cutter.push(lat[0, i:i + n], final=i + n >= lat.shape[1])
+        kept = max(kept, cutter.kept.shape[0])
+        if window is not None:
+            emitted.append(window.emit)
+            out.append(vocode_window(model, window.latents[None], spk, window.left, window.emit))
+        i, k = i + n, k + 1
+    return emitted, torch.cat(out, dim=-1), kept
+
+
+@pytest.mark.parametrize("name", ["ones", "8-24", "random", "first-larger-than-segment"])
+def test_cut_windows_equal_whole_on_holdout(holdout, holdout_segment, name):
+    lat, spk = holdout_segment
+    rf = receptive_field_of(holdout)
+    with torch.inference_mode():
+        emitted, got, kept = _cut_windows(holdout, lat, spk, _schedule(name, lat.shape[1]), rf.context, rf.lookahead)
+        whole = holdout(lat, spk)
+    assert _err(got, whole) <= ATOL
+    assert sum(emitted) == lat.shape[1] and all(e > 0 for e in emitted)
+    # frames are kept only while a later window may still read them as context or lookahead
+    assert kept <= max(_schedule(name, lat.shape[1])) + rf.context + rf.lookahead
+
+
+def test_cut_windows_wait_for_the_lookahead(holdout, holdout_segment):
+    lat, spk = holdout_segment
+    rf = receptive_field_of(holdout)
+    cutter = WindowCutter(rf.context, rf.lookahead)
+    assert cutter.push(lat[0, :rf.lookahead], final=False) is None          # every frame still awaits its lookahead
+    window = cutter.push(lat[0, rf.lookahead:rf.lookahead + 10], final=False)
+    assert (window.left, window.emit, window.latents.shape[0]) == (0, 10, 10 + rf.lookahead)
+    window = cutter.push(lat[0, rf.lookahead + 10:rf.lookahead + 12], final=True)   # the end: the rest
+    assert (window.left, window.emit) == (10, rf.lookahead + 2)
 
 
 # --- a short lookahead is measurably inexact -----------------------------------------------------

@@ -10,17 +10,20 @@ tensors: each stage computes its own part of the voice (the GPT stage the condit
 the vocoder the speaker embedding) once per key and caches it.
 
 Chunks: the GPT stage yields a segment as `CodeChunk`s, each with its codes and their latents;
-the vocoder turns one chunk into that chunk's audio. A chunk may be a whole segment.
+the synthesizer cuts the latents into `LatentWindow`s with the context and lookahead the vocoder
+asks for (`window_frames`), and the vocoder turns each window into the audio of its own frames.
+A chunk, and a window, may be a whole segment.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
 import torch
 
-from indextts.types import CodeChunk, FrontendResult, SamplingOptions, Segment, VoiceSpec
+from indextts.types import (ChunkSchedule, CodeChunk, FrontendResult, LatentWindow, SamplingOptions, Segment,
+                            VoiceSpec)
 
 
 class Stage:
@@ -44,13 +47,18 @@ class FrontendStage(Stage, abc.ABC):
 
 class GPTStage(Stage, abc.ABC):
     @abc.abstractmethod
-    def generate(self, voice: VoiceSpec, segment: Segment,
-                 options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
-        """The segment's codes with their latents, in chunks; the last has `final=True`.
-        Closing the generator early aborts the generation."""
+    def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions(),
+                 schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[CodeChunk]:
+        """The segment's codes with their latents, in chunks cut by `schedule` (None: the
+        stage's own); the last has `final=True`. Closing the generator early aborts the generation."""
 
 
 class VocoderStage(Stage, abc.ABC):
     @abc.abstractmethod
-    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
-        """The chunk's `[n, D]` latents -> its `[n * 1024]` float32 samples at 24 kHz."""
+    async def vocode(self, voice: VoiceSpec, window: LatentWindow) -> torch.Tensor:
+        """The window's `emit` frames -> their `[emit * 1024]` float32 samples at 24 kHz."""
+
+    async def window_frames(self) -> tuple[int, int]:
+        """(context, lookahead): the latent frames a window needs on each side of the frames it
+        emits; (0, 0) for a vocoder whose frames do not depend on their neighbours."""
+        return 0, 0

@@ -27,6 +27,7 @@ from indextts.audio import ReferenceLimits
 from indextts.checkpoint import CheckpointInfo
 from indextts.errors import OptionsError
 from indextts.stages.base import FrontendStage, GPTStage, VocoderStage
+from indextts.types import ChunkSchedule
 
 STAGE_NAMES = ("frontend", "gpt", "vocoder")
 
@@ -77,7 +78,9 @@ def vocoder_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 @dataclass(frozen=True)
 class StageOptions:
     """How to build the stages. `dtype` None: bfloat16 on GPUs, float32 on the CPU.
-    `engine_kwargs` go to the vLLM engine (`VLLMEngine.create`, e.g. `max_num_seqs`)."""
+    `engine_kwargs` go to the vLLM engine (`VLLMEngine.create`, e.g. `max_num_seqs`).
+    `chunk_schedule`: how the GPT stage cuts segments into chunks (a call may pass its own);
+    `vocoder_lookahead`: latent frames the vocoder waits for past the frames it emits."""
 
     device: Union[str, torch.device] = "cpu"
     dtype: Optional[torch.dtype] = None
@@ -89,6 +92,8 @@ class StageOptions:
     voice_cache_size: int = 64
     vocoder_max_batch: int = 32
     vocoder_mixed_length_batches: bool = False
+    chunk_schedule: ChunkSchedule = ChunkSchedule.streaming()
+    vocoder_lookahead: Optional[int] = None     # frames; None: the receptive field's (exact)
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -97,6 +102,10 @@ class StageOptions:
             raise OptionsError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.voice_cache_size < 1:
             raise OptionsError(f"voice_cache_size must be at least 1, got {self.voice_cache_size}")
+        if not isinstance(self.chunk_schedule, ChunkSchedule):
+            raise OptionsError(f"chunk_schedule must be a ChunkSchedule, got {self.chunk_schedule!r}")
+        if self.vocoder_lookahead is not None and self.vocoder_lookahead < 0:
+            raise OptionsError(f"vocoder_lookahead must be at least 0 frames, got {self.vocoder_lookahead}")
 
     @property
     def torch_device(self) -> torch.device:

@@ -2,7 +2,7 @@
 
 Both engines (PyTorch, vLLM) are driven the same way; an engine is any object with
 
-    generate(cond [1, 32, D], segment, options, *, ignore_stop=False) -> AsyncIterator[CodeChunk]
+    generate(cond [1, 32, D], segment, options, *, ignore_stop=False, schedule=None) -> AsyncIterator[CodeChunk]
     warm_up(), check_health()          (coroutines)
 
 `ignore_stop` treats the stop code as an ordinary code, so a request runs to `max_codes`:
@@ -18,7 +18,7 @@ from typing import AsyncIterator, Optional
 from indextts.errors import OptionsError
 from indextts.stages.base import GPTStage
 from indextts.stages.conditioning import VoiceConditioner
-from indextts.types import CodeChunk, SamplingOptions, Segment, VoiceSpec
+from indextts.types import ChunkSchedule, CodeChunk, SamplingOptions, Segment, VoiceSpec
 
 
 def check_segment_options(cfg, segment: Segment, options: SamplingOptions) -> None:
@@ -52,13 +52,13 @@ class EngineGPTStage(GPTStage):
             self._warm_up = asyncio.ensure_future(self.engine.warm_up())
         await asyncio.shield(self._warm_up)
 
-    async def generate(self, voice: VoiceSpec, segment: Segment,
-                       options: SamplingOptions = SamplingOptions()) -> AsyncIterator[CodeChunk]:
+    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions(),
+                       schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[CodeChunk]:
         check_segment_options(self.cfg, segment, options)
         await self.warm_up()
         loop = asyncio.get_running_loop()
         cond = await loop.run_in_executor(self._executor, self.conditioning, voice)
-        chunks = self.engine.generate(cond, segment, options)
+        chunks = self.engine.generate(cond, segment, options, schedule=schedule)
         try:
             async for chunk in chunks:
                 yield chunk

@@ -11,45 +11,32 @@ import torch
 
 from indextts.checkpoint import CheckpointInfo, load_gpt
 from indextts.gpt import generation
+from indextts.gpt.chunking import CodeCutter, Cut
 from indextts.stages.conditioning import VoiceConditioner
 from indextts.stages.gpt import EngineGPTStage
 from indextts.types import ChunkSchedule, CodeChunk, SamplingOptions, Segment
 
 
 class ChunkCutter:
-    """Cuts a segment's final codes into `CodeChunk`s on a schedule, each with its latents from
-    one `LatentPass` (one object per segment, used by one thread).
-
-    A full chunk is kept until a code beyond it arrives (or the segment ends), so that it is
-    known not to be the last: no chunk is empty unless the segment has no codes at all."""
+    """`CodeCutter` whose chunks carry their latents from one `LatentPass` (one object per
+    segment, used by one thread)."""
 
     def __init__(self, latent_pass: generation.LatentPass, schedule: ChunkSchedule):
         self.latent_pass = latent_pass
-        self.schedule = schedule
-        self.pending: list[int] = []      # final codes not yet in a chunk
-        self.start = 0                    # index in the segment of pending[0]
-        self.index = 0                    # number of chunks cut
+        self.codes = CodeCutter(schedule)
 
     def push(self, codes: list[int]) -> list[CodeChunk]:
         """codes: the next final codes -> the chunks they complete (none final)."""
-        self.pending += codes
-        chunks = []
-        while (size := self.schedule.size(self.index)) is not None and len(self.pending) > size:
-            chunks.append(self._cut(size, final=False, stopped=False))
-        return chunks
+        return [self._chunk(cut, False) for cut in self.codes.push(codes)]
 
     def finish(self, stopped: bool) -> CodeChunk:
         """The segment ended: the last chunk, with what is pending."""
-        return self._cut(len(self.pending), final=True, stopped=stopped)
+        return self._chunk(self.codes.finish(), stopped)
 
-    def _cut(self, n: int, final: bool, stopped: bool) -> CodeChunk:
-        codes, self.pending = self.pending[:n], self.pending[n:]
-        latents = self.latent_pass.extend(codes).float().cpu()          # [n, D]
-        chunk = CodeChunk(torch.tensor(codes, dtype=torch.long), latents, start=self.start, final=final,
-                          stopped=stopped)
-        self.start += n
-        self.index += 1
-        return chunk
+    def _chunk(self, cut: Cut, stopped: bool) -> CodeChunk:
+        latents = self.latent_pass.extend(cut.codes).float().cpu()          # [n, D]
+        return CodeChunk(torch.tensor(cut.codes, dtype=torch.long), latents, start=cut.start, final=cut.final,
+                         stopped=stopped)
 
 
 class TorchEngine:
@@ -149,7 +136,8 @@ class TorchGPTStage(EngineGPTStage):
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, options) -> "TorchGPTStage":
         model = load_gpt(info, options.torch_device, options.torch_dtype)
-        return cls(model, VoiceConditioner(model, options.reference_limits, options.voice_cache_size))
+        return cls(model, VoiceConditioner(model, options.reference_limits, options.voice_cache_size),
+                   schedule=options.chunk_schedule)
 
     def close(self) -> None:
         super().close()

