@@ -366,10 +366,25 @@ def _deployments(app):
     ({"model_dir": "x", "gpt_engine": "tensorrt"}, "gpt_engine"),
     ({"model_dir": "x", "max_num_seqs": 0}, "max_num_seqs"),
     ({"model_dir": "x", "unknown_option": 1}, "unknown_option"),
+    ({"model_dir": "x", "chunk_schedule": "40,0"}, "chunk_schedule"),
+    ({"model_dir": "x", "chunk_schedule": "fast"}, "chunk_schedule"),
+    ({"model_dir": "x", "vocoder_lookahead": -1}, "vocoder_lookahead"),
 ])
 def test_build_app_rejects_bad_args(args, problem):
     with pytest.raises(ValueError, match=problem):
         build_app(args)
+
+
+def test_chunk_schedule_and_lookahead_reach_the_stages():
+    """`serve run ... chunk_schedule=8,16 vocoder_lookahead=12` strings become the library's options;
+    the default is the library's streaming schedule with the exact (receptive-field) lookahead."""
+    from indextts.types import ChunkSchedule
+    options = AppArgs.model_validate({"model_dir": "x", "chunk_schedule": " 8, 16 ", "vocoder_lookahead": "12"}
+                                     ).stage_options()
+    assert options.chunk_schedule == ChunkSchedule((8, 16)) and options.vocoder_lookahead == 12
+    default = AppArgs(model_dir="x").stage_options()
+    assert default.chunk_schedule == ChunkSchedule.streaming() and default.vocoder_lookahead is None
+    assert AppArgs(model_dir="x", chunk_schedule="WHOLE").stage_options().chunk_schedule.is_whole
 
 
 def test_build_app_checks_the_model_dir(tmp_path):
