@@ -40,6 +40,11 @@ class TextError(IndexTTSError):
     """Input text cannot be synthesised: empty, nothing left after normalisation, or too long."""
 
 
+class NothingToSpeakError(TextError):
+    """The text has no letter or digit left after normalisation (only punctuation, symbols, emoji,
+    control or format characters): there is nothing to synthesise."""
+
+
 class OptionsError(IndexTTSError, ValueError):
     """A synthesis or engine option is out of range or unknown."""
 

@@ -67,6 +67,7 @@ class IndexTTS:
         self.stages = stages
         self.synthesizer = Synthesizer(stages.frontend, stages.gpt, stages.vocoder, lookahead=lookahead)
         self._loop = _LoopThread()
+        self._clamp_warned = False
 
     @property
     def frontend(self):
@@ -137,13 +138,19 @@ class IndexTTS:
         return self._loop.run(coro)
 
     def _max_tokens(self, n: Optional[int]) -> int:
+        """The segment limit: a request above the checkpoint's text table is clamped to it (the
+        original accepts its default 120 on every checkpoint and cuts segments to fit), with one
+        warning per instance."""
         limit = self.info.config.gpt.max_segment_tokens
         if n is None:
             return min(DEFAULT_MAX_TOKENS_PER_SEGMENT, limit)
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= limit:
-            raise OptionsError(f"max_tokens_per_segment must be an integer in [1, {limit}] for this "
-                               f"checkpoint (its text position table, less one), got {n!r}")
-        return n
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise OptionsError(f"max_tokens_per_segment must be a positive integer, got {n!r}")
+        if n > limit and not self._clamp_warned:
+            self._clamp_warned = True
+            logger.warning("max_tokens_per_segment %d exceeds this checkpoint's text position table; using %d",
+                           n, limit)
+        return min(n, limit)
 
     @property
     def sample_rate(self) -> int:

@@ -73,6 +73,8 @@ def run_synth(args: argparse.Namespace) -> int:
     from indextts.pipeline import IndexTTS
 
     options = options_from_args(args)
+    if options.num_beams > 1 and args.engine != "torch":      # refused before any engine starts
+        raise OptionsError("--num-beams > 1 (beam search) runs on the torch engine only; use --engine torch")
     if args.text is not None and not args.text.strip():
         raise TextError("--text is empty; give some text to speak")
     lines = _lines(args.text_file) if args.text_file else None

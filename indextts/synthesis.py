@@ -20,6 +20,7 @@ import torch
 
 from indextts.audio import SAMPLE_RATE
 from indextts.stages.base import FrontendStage, GPTStage, VocoderStage
+from indextts.text.frontend import check_speakable
 from indextts.types import AudioChunk, ChunkSchedule, CodeChunk, SamplingOptions, Segment, VoiceSpec
 from indextts.vocoder.streaming import WindowCutter
 
@@ -50,7 +51,7 @@ class Synthesizer:
         how the GPT stage cuts segments into chunks (None: the stage's own)."""
         if self._window_frames is None:
             self._window_frames = await self.vocoder.window_frames()
-        front = await self.frontend.process(text, max_tokens_per_segment)
+        front = check_speakable(await self.frontend.process(text, max_tokens_per_segment))
         segments = list(front.segments)
         queues: dict[int, asyncio.Queue] = {}
         tasks: list[asyncio.Task] = []

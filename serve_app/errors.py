@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from indextts.errors import AudioError, IndexTTSError, OptionsError, TextError, VoiceError
+from indextts.errors import AudioError, IndexTTSError, NothingToSpeakError, OptionsError, TextError, VoiceError
 from indextts.formats import FORMATS
 from indextts.voices import VoiceExistsError, VoiceNotFoundError
 
@@ -50,6 +50,8 @@ def _classify(exc: BaseException,
         return 400, str(exc), param or "voice", "invalid_voice", "invalid_request_error"
     if isinstance(exc, AudioError):
         return 400, str(exc), param, "invalid_audio", "invalid_request_error"
+    if isinstance(exc, NothingToSpeakError):
+        return 400, str(exc), "input", "nothing_to_speak", "invalid_request_error"
     if isinstance(exc, TextError):
         return 400, str(exc), "input", "invalid_input", "invalid_request_error"
     if isinstance(exc, OptionsError):
@@ -88,7 +90,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     if param == "response_format":
         message = f"unsupported response_format; use one of {', '.join(FORMATS)}"
     elif first.get("type") == "missing":
-        message = f"'{param}' is required"
+        message = f"'{param}' is required" if param else "a JSON request body is required"
     elif first.get("type") in _BOUND_ERRORS and param:
         key, words = _BOUND_ERRORS[first["type"]]
         message = f"invalid '{param}': must be {words} {first.get('ctx', {}).get(key)!r}"

@@ -147,8 +147,9 @@ def test_text_that_normalises_to_nothing(tts):
 
 
 def test_bad_options(tts):
-    with pytest.raises(OptionsError, match="max_tokens_per_segment"):
-        tts.synthesize("Hello.", TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=500)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(OptionsError, match="max_tokens_per_segment"):
+            tts.synthesize("Hello.", TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=bad)
     with pytest.raises(OptionsError, match="max_codes"):
         tts.synthesize("Hello.", TINY / "ref_a.wav", SamplingOptions.deterministic(max_codes=1000))
     for kwargs in ({"temperature": 0}, {"top_p": 1.5}, {"top_k": -1}, {"repetition_penalty": 0},
@@ -188,6 +189,21 @@ def test_cli_synth_greedy_matches_golden(tmp_path, expected, expected_meta):
     want = expected["e2e1.wav_int16"].reshape(-1)
     assert data.shape[0] == want.shape[0]
     assert abs(torch.from_numpy(data).int() - want.int()).max() <= 2
+
+
+def test_cli_accepts_the_original_default_segment_limit_and_refuses_beams_on_vllm_at_once(tmp_path, capsys,
+                                                                                          monkeypatch):
+    out = tmp_path / "out.wav"
+    assert main(["synth", "--model-dir", str(TINY), "--voice", str(TINY / "ref_a.wav"), "--text", "Hello world.",
+                 "--out", str(out), "--greedy", "--max-codes", "20", "--max-text-tokens-per-segment", "120"]) == 0
+    assert sf.info(out).frames > 0
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("an engine was started for options that cannot run")
+    monkeypatch.setattr(IndexTTS, "from_pretrained", no_engine)
+    assert main(["synth", "--model-dir", str(TINY), "--voice", str(TINY / "ref_a.wav"), "--text", "Hello.",
+                 "--out", str(out), "--greedy", "--num-beams", "3", "--engine", "vllm"]) == 2
+    assert "torch engine only" in capsys.readouterr().err
 
 
 def test_cli_text_file(tmp_path):
@@ -373,8 +389,10 @@ def test_a_full_segment_with_a_closing_quote_still_fits_the_model(tts):
     pieces = ["▁A"] * (limit - 1) + ["▁.", "'", "▁B", "▁."]
     longest = max(len(s) for s in split_pieces(pieces, limit).segments)
     assert longest == limit + 1 == tts.info.config.gpt.max_text_tokens
-    with pytest.raises(OptionsError, match=r"\[1, 79\]"):
-        tts.synthesize("Hello.", TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=80)
+    # a larger request (the original's default 120 included) is clamped to the table, as the original copes
+    text = "Hello there, this is one sentence. And here is another one!"
+    clamped = tts.synthesize(text, TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=120)
+    assert torch.equal(clamped, tts.synthesize(text, TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=limit))
 
 
 def test_vocoder_keeps_float32_off_the_gpu():

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from indextts.errors import TextError
+from indextts.errors import NothingToSpeakError, TextError
 from indextts.text import grammars as grammars_mod
-from indextts.text.frontend import FrontendOptions, TextFrontend
+from indextts.text.frontend import FrontendOptions, TextFrontend, check_speakable
 from indextts.text.grammars import GrammarError, ensure_grammars, find_grammars, resolve_cache_root
 from indextts.text.normalizer import NAME, correct_pinyin, use_chinese
 from indextts.text.segmenter import HardSplitWarning, split_pieces
@@ -215,8 +215,25 @@ def test_too_long_text_is_a_clear_error(frontend):
 
 
 def test_text_that_normalises_to_nothing(frontend):
-    with pytest.raises(TextError, match="nothing is left"):
+    with pytest.raises(NothingToSpeakError, match="nothing is left"):
         frontend.process("\x00\x00\x00")
+
+
+NOTHING_TO_SPEAK = ["!!!", "?", "。。。！！！？？？", "😀👍🏽🇨🇳", "\u200b\u200f\u202e", "#$%&*", "…",
+                    "」」」）））" + "'" * 3 + '"' * 3, "\\" * 40 + '"' * 40, "\ud800 \udfff", "\x00 \x01"]
+
+
+@pytest.mark.parametrize("text", NOTHING_TO_SPEAK)
+def test_text_with_nothing_to_speak_is_refused_by_the_service_check(frontend, text):
+    """The frontend processes what the original processes (or finds nothing left); a service
+    refuses all of it (check_speakable)."""
+    with pytest.raises(NothingToSpeakError, match="nothing to speak"):
+        check_speakable(frontend.process(text))
+
+
+@pytest.mark.parametrize("text", ["a", "5", "你", "Hi!", "😀 ok", "--"])
+def test_one_letter_or_digit_is_enough_to_speak(frontend, text):
+    assert check_speakable(frontend.process(text)).ids
 
 
 def test_non_string_is_a_clear_error(frontend):
@@ -230,7 +247,7 @@ def test_non_string_is_a_clear_error(frontend):
     "他说：“我们明天见", '"unbalanced (quotes [and 《brackets', "」」」）））'''\"\"\"",
     "lone \ud800 surrogate 你好", "zero\u200bwidth\ufeffjoiners", "combining a\u0301\u0308 e\u20dd",
     "\u202eright-to-left override", "<pinyin_a> <n_a> literal placeholders xuan4", "~~~---———",
-    "。。。！！！？？？", "1" * 300, "a" + "1" * 300, "$" * 50 + "1" * 50, "\\" * 40 + '"' * 40,
+    "1" * 300, "a" + "1" * 300, "$" * 50 + "1" * 50, "\\" * 40 + '"' * 40,
 ])
 def test_hostile_text_does_not_crash(unlimited, text):
     with warnings.catch_warnings():

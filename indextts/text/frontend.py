@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from indextts.errors import OptionsError, TextError
+from indextts.errors import NothingToSpeakError, OptionsError, TextError
 from indextts.text.grammars import GrammarSet, ensure_grammars
 from indextts.text.normalizer import NormalizerBackends, TextNormalizer
 from indextts.text.segmenter import split_pieces, warn_hard_splits
@@ -65,6 +66,16 @@ def _drop_surrogates(text: str) -> str:
         return "".join(c for c in text if not 0xD800 <= ord(c) <= 0xDFFF)
 
 
+def check_speakable(result: FrontendResult) -> FrontendResult:
+    """`result` if its normalised text has a letter or digit (Unicode categories L*, N*), else
+    `NothingToSpeakError`: text of only punctuation, symbols, emoji, control or format characters
+    would be synthesised as noise (the original does), so a service refuses it."""
+    if not any(unicodedata.category(c)[0] in "LN" for c in result.normalized):
+        raise NothingToSpeakError("the text has nothing to speak: no letters or digits are left after "
+                                  "normalisation (only punctuation, symbols, emoji or control characters)")
+    return result
+
+
 class TextFrontend:
     """Normaliser + tokenizer + segmenter of one checkpoint."""
 
@@ -93,9 +104,11 @@ class TextFrontend:
     def _validated(self, text: str) -> str:
         if not isinstance(text, str):
             raise TextError(f"text must be a string, got {type(text).__name__}")
-        text = _drop_surrogates(text)
         if not text.strip():
             raise TextError("text is empty or only whitespace; pass the words to speak")
+        text = _drop_surrogates(text)
+        if not text.strip():
+            raise NothingToSpeakError("the text has nothing to speak: it holds only unpaired surrogates")
         limit = self.options.max_chars
         if limit is not None and len(text) > limit:
             raise TextError(f"text has {len(text)} characters, over the limit of {limit}; split it into "
@@ -146,9 +159,9 @@ class TextFrontend:
             pieces = self.tokenizer.encode_pieces(text)
         else:
             if not normalized.strip():
-                raise TextError(f"nothing is left of the text after normalisation ({text[:40]!r}); "
-                                "it has no speakable characters")
+                raise NothingToSpeakError("the text has nothing to speak: nothing is left of it after "
+                                          "normalisation")
             pieces = self.tokenizer.encode_pieces(space_cjk_and_upper(normalized))
         if not pieces:
-            raise TextError(f"the text {text[:40]!r} produces no tokens")
+            raise NothingToSpeakError("the text has nothing to speak: it produces no tokens")
         return normalized, pieces
