@@ -43,6 +43,10 @@ class Synthesizer:
         self.lookahead = lookahead
         self._window_frames: Optional[tuple[int, int]] = None
 
+    async def ready(self) -> None:
+        """Return once every stage can serve (each warmed up and healthy); raise if one cannot."""
+        await asyncio.gather(self.frontend.ready(), self.gpt.ready(), self.vocoder.ready())
+
     async def stream(self, text: str, voice: VoiceSpec, options: SamplingOptions = SamplingOptions(),
                      max_tokens_per_segment: int = DEFAULT_MAX_TOKENS_PER_SEGMENT,
                      schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[AudioChunk]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, AsyncIterator, Literal, Optional, Protocol, Union
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
@@ -32,6 +32,7 @@ from indextts.types import (REPETITION_PENALTY_MAX, SEED_LIMIT, TEMPERATURE_MAX,
                             AudioChunk, SamplingOptions, VoiceSpec)
 from indextts.voices import VoiceExistsError, VoiceNotFoundError, VoiceRegistry
 from serve_app.errors import ApiError, error_object, install_error_handlers
+from serve_app.security import AccessSettings, install_access_control
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 LEGACY_DEFAULT_SEED = 8
 UPLOAD_FIELDS = ("audio_sample", "files", "file")
 UPLOAD_FORM_SLACK_BYTES = 64 * 1024    # multipart boundaries, headers and the other fields
+READY_TIMEOUT_S = 5.0                  # /ready answers 503 when the stages do not all answer in time
+RETRY_AFTER_S = 5                      # what a 503 tells clients to wait
 
 
 # -- request models ---------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class SpeechService:
         if n > self.settings.max_tokens_per_segment_limit:
             raise ApiError(400, f"max_tokens_per_segment must be at most "
                                 f"{self.settings.max_tokens_per_segment_limit}, got {n}",
-                           "max_tokens_per_segment")
+                           "max_tokens_per_segment", "invalid_value")
         return n
 
     async def audio(self, text: str, voice: VoiceSpec, options: SamplingOptions, max_tokens: int,
@@ -245,10 +248,12 @@ def _voice_object(info) -> dict:
             "type": "audio_sample", "source": info.source, "files": list(info.files)}
 
 
-def build_api(service: SpeechService) -> FastAPI:
-    """The FastAPI app over `service` (routes documented in README "HTTP API")."""
+def build_api(service: SpeechService, access: AccessSettings = AccessSettings()) -> FastAPI:
+    """The FastAPI app over `service` (routes documented in README "HTTP API"); `access`: API keys
+    and CORS (default: no keys, cross-origin writes refused)."""
     app = FastAPI(title="IndexTTS Serve", version="0.1.0")
     install_error_handlers(app)
+    install_access_control(app, access)
     _add_speech_routes(app, service)
     _add_voice_routes(app, service)
     _add_original_routes(app, service)
@@ -307,8 +312,10 @@ def _add_voice_routes(app: FastAPI, service: SpeechService) -> None:
                            "file_too_large")
         try:
             form = await request.form(max_files=settings.max_upload_files + 1)
-        except Exception as e:   # malformed multipart, or too many parts
-            raise ApiError(400, f"{how}: {e}", None, "invalid_upload") from e
+        except Exception as e:   # malformed multipart, or too many parts (the parser's words stay in the log)
+            logger.info("unreadable upload form: %s", e)
+            raise ApiError(400, f"the upload form cannot be read; {how} (at most {settings.max_upload_files} files)",
+                           None, "invalid_upload") from e
         try:
             return await _add_voice(service, form)
         finally:
@@ -424,7 +431,19 @@ def _add_status_routes(app: FastAPI, service: SpeechService) -> None:
 
     @app.get("/health")
     async def health() -> dict:
+        """Liveness (the original's route): this process answers."""
         return {"status": "healthy", "message": "Service is running", "timestamp": time.time()}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """Readiness: every stage warmed up and healthy, asked within READY_TIMEOUT_S; else 503."""
+        try:
+            await asyncio.wait_for(service.synthesizer.ready(), READY_TIMEOUT_S)
+        except Exception as e:      # a stage not up yet, starting, or failing: the log says which
+            logger.info("not ready: %s", type(e).__name__)
+            return JSONResponse({"status": "unavailable", "timestamp": time.time()}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse({"status": "ready", "timestamp": time.time()})
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -51,6 +51,7 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
     """Bind Ingress over the three stage deployments; each `make_*` builds its stage in the replica.
     `max_tokens_limit` caps a request's `max_tokens_per_segment` (`GPTConfig.max_segment_tokens`)."""
     voices_dir = args.resolved_voices_dir()
+    access = args.access_settings()      # reads api_keys_file now: a missing file fails the build
     if not args.voices_dir:
         logger.warning("voices_dir not given: using %s (use a shared volume when replicas run on "
                        "several nodes)", voices_dir)
@@ -66,7 +67,7 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
     vocoder = Vocoder.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.vocoder_num_gpus if gpu else 0}
                               ).bind(make_vocoder)
     return Ingress.options(ray_actor_options={"num_cpus": cpus}).bind(
-        frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead)
+        frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead, access)
 
 
 def _is_local_path(model_dir: str) -> bool:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from indextts.errors import OptionsError
 from indextts.types import ChunkSchedule
+from serve_app.security import AccessSettings, parse_keys, parse_origins, read_keys_file, split_list
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,18 @@ class AppArgs(BaseModel):
     model_name: str = "indextts"
     text_cache_dir: Optional[str] = Field(None, description="where the text normaliser caches its FSTs")
     check_model_dir: bool = Field(True, description="validate model_dir when the graph is built")
+    # Access control (serve_app.security; README "Access control"). Keys are left out of repr.
+    api_keys: tuple[str, ...] = Field((), repr=False, description="keys clients send as 'Authorization: "
+                                      "Bearer <key>' (list or comma-separated; 'admin:<key>' is an admin key); "
+                                      "none configured anywhere: the API is open")
+    api_keys_file: Optional[str] = Field(None, description="file of keys, one per line (# comments, 'admin:' "
+                                                           "prefix), read when the graph is built")
+    api_keys_env: Optional[str] = Field(None, description="environment variable of comma-separated keys "
+                                                          "('admin:' prefix), read in each ingress replica")
+    admin_api_keys: tuple[str, ...] = Field((), repr=False, description="admin keys (list or comma-separated): "
+                                            "once any admin key is set, only they may upload or delete voices")
+    cors_allow_origins: tuple[str, ...] = Field((), description="origins browsers may call from (list or "
+                                                "comma-separated, '*' for any); none: cross-origin writes refused")
 
     @field_validator("device")
     @classmethod
@@ -86,6 +99,16 @@ class AppArgs(BaseModel):
         except OptionsError as e:
             raise ValueError(str(e)) from None
 
+    @field_validator("api_keys", "admin_api_keys", "cors_allow_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value):
+        return split_list(value)     # `serve run api_keys=a,b` passes one string
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return parse_origins(value)
+
     @property
     def on_gpu(self) -> bool:
         return self.device.startswith("cuda")
@@ -99,6 +122,17 @@ class AppArgs(BaseModel):
     def resolved_voices_dir(self) -> Path:
         return Path(self.voices_dir).expanduser().resolve() if self.voices_dir else DEFAULT_VOICES_DIR
 
+
+    def access_settings(self) -> AccessSettings:
+        """The API's `AccessSettings`: the inline keys plus those of `api_keys_file` (read now: a
+        missing file fails the build); `api_keys_env` is read later, where the API runs."""
+        users, admins = parse_keys(self.api_keys)
+        admins |= parse_keys(self.admin_api_keys, admin=True)[1]
+        if self.api_keys_file:
+            file_users, file_admins = read_keys_file(self.api_keys_file)
+            users, admins = users | file_users, admins | file_admins
+        return AccessSettings(api_keys=users, admin_keys=admins, cors_allow_origins=self.cors_allow_origins,
+                              api_keys_env=self.api_keys_env)
 
     def stage_options(self):
         """The library's `StageOptions` for these arguments."""

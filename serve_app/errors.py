@@ -108,7 +108,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(_: Request, exc: HTTPException):
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error")
         return JSONResponse(_error_body(str(exc.detail), None, code, type_),
                             status_code=exc.status_code)
 

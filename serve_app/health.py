@@ -18,6 +18,10 @@ class StageDeployment:
     async def check_health(self) -> None:
         await self.stage.check_health()
 
+    async def ready(self) -> None:
+        """Warm-up (once) and health: what the ingress's readiness route asks of each stage."""
+        await self.stage.ready()
+
     def __del__(self):
         stage = self.__dict__.get("stage")     # None if the constructor failed before building it
         if stage is None:

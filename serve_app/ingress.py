@@ -26,6 +26,7 @@ from indextts.types import (ChunkSchedule, CodeChunk, FrontendResult, LatentWind
                             VoiceSpec)
 from indextts.voices import VoiceRegistry
 from serve_app.api import ServiceSettings, SpeechService, build_api
+from serve_app.security import AccessSettings
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class _FrontendClient(FrontendStage):
 
     async def process(self, text: str, max_tokens_per_segment: int) -> FrontendResult:
         return await self.handle.process.remote(text, max_tokens_per_segment)
+
+    async def ready(self) -> None:
+        await self.handle.ready.remote()
 
 
 class _GPTClient(GPTStage):
@@ -58,6 +62,9 @@ class _GPTClient(GPTStage):
             if not finished:
                 responses.cancel()
 
+    async def ready(self) -> None:
+        await self.handle.options(stream=False).ready.remote()
+
 
 class _VocoderClient(VocoderStage):
     """`VocoderStage` over the Vocoder deployment."""
@@ -70,6 +77,9 @@ class _VocoderClient(VocoderStage):
 
     async def window_frames(self) -> tuple[int, int]:
         return await self.handle.window_frames.remote()
+
+    async def ready(self) -> None:
+        await self.handle.ready.remote()
 
 
 class _ServeMetrics:
@@ -104,12 +114,14 @@ class Ingress:
     """FastAPI app over `SpeechService`; the app is built per replica around its handles."""
 
     def __init__(self, frontend: DeploymentHandle, gpt: DeploymentHandle, vocoder: DeploymentHandle,
-                 voices_dir: str, settings: ServiceSettings = ServiceSettings(), lookahead: int = 4):
+                 voices_dir: str, settings: ServiceSettings = ServiceSettings(), lookahead: int = 4,
+                 access: AccessSettings = AccessSettings()):
         registry = VoiceRegistry(voices_dir, max_files=settings.max_upload_files,
                                  max_file_bytes=settings.max_upload_bytes)
         synthesizer = Synthesizer(_FrontendClient(frontend), _GPTClient(gpt), _VocoderClient(vocoder),
                                   lookahead=lookahead)
         self.service = SpeechService(synthesizer, registry, settings, _ServeMetrics())
+        self.access = access     # its api_keys_env is read here, in the replica, when the app is built
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.service)
+        return build_api(self.service, self.access)

@@ -347,6 +347,32 @@ def test_response_format_is_case_insensitive(client):
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
 
 
+@pytest.mark.parametrize("text", ["!!!", "😀😀", "\u200b\u200f", "。，！", "\x00\x01"])
+def test_input_with_nothing_to_speak_is_a_400_with_its_own_code(client, gpt, text):
+    assert_envelope(speech(client, input=text), 400, "input", "nothing to speak")
+    assert speech(client, input=text).json()["error"]["code"] == "nothing_to_speak"
+    assert gpt.calls == []                       # refused before any generation
+
+
+def test_an_empty_body_says_a_json_body_is_required(client):
+    r = client.post("/v1/audio/speech")
+    assert_envelope(r, 400, None, "JSON request body is required")
+    assert "None" not in r.text
+
+
+def test_ready_answers_200_when_every_stage_is_ready_and_503_with_retry_after_otherwise(client, gpt):
+    r = client.get("/ready")
+    assert r.status_code == 200 and r.json()["status"] == "ready"
+
+    async def not_ready():
+        raise RuntimeError("engine still starting")
+    gpt.ready = not_ready
+    r = client.get("/ready")
+    assert r.status_code == 503 and r.json()["status"] == "unavailable"
+    assert int(r.headers["retry-after"]) > 0 and "starting" not in r.text
+    assert client.get("/health").status_code == 200          # liveness is not readiness
+
+
 def test_malformed_json_and_unknown_routes(client):
     r = client.post("/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
     assert_envelope(r, 400, None, "json")

@@ -35,6 +35,11 @@ class Stage:
     async def check_health(self) -> None:
         """Raise if the stage cannot serve (e.g. its engine died)."""
 
+    async def ready(self) -> None:
+        """Return once the stage can serve at full speed: warmed up and healthy."""
+        await self.warm_up()
+        await self.check_health()
+
     def close(self) -> None:
         """Release engines and threads; the stage is unusable afterwards."""
 
