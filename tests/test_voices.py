@@ -172,3 +172,11 @@ def _wav_bytes(samples) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.asarray(samples, dtype=np.float32), 24000, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def test_the_readme_try_out_voices_resolve():
+    """`serve run ... voices_dir=examples/voices` (README) serves the voices its curl examples use."""
+    registry = VoiceRegistry(Path(__file__).parent.parent / "examples" / "voices")
+    assert {v.name for v in registry.list()} >= {"alice", "bob"}
+    for name in ("alice", "bob", "alice+bob"):
+        assert registry.resolve(name).references
