@@ -260,7 +260,8 @@ class VoiceRegistry:
         try:
             stamp = tuple((st.st_mtime_ns, st.st_size, st.st_ino) for st in map(os.stat, refs))
         except FileNotFoundError as e:
-            raise VoiceNotFoundError(f"a reference file of voice {name!r} disappeared: {e.filename}") from e
+            gone = os.path.relpath(e.filename, self.root)     # never the server's absolute path
+            raise VoiceNotFoundError(f"a reference file of voice {name!r} disappeared: {gone}") from e
         cache_key = (refs, weights, stamp, name)
         with self._lock:
             spec = self._specs.get(cache_key)

