@@ -1,8 +1,9 @@
 """`BatchQueue`: continuous batching of concurrent async calls (the vocoder, the vLLM latent pass).
 
 Each `submit(item)` waits for its result. While one batch is being computed, newly submitted
-items queue and all go together in the next call (at most `max_batch` per call): nothing waits
-for a timer, and an idle queue starts a call at once. Items whose callers were cancelled before
+items queue and all go together in the next call (at most `max_batch` per call, the most urgent
+first: smallest `key`, a wall-clock deadline, else the submission time): nothing waits for a
+timer, and an idle queue starts a call at once. Items whose callers were cancelled before
 their batch started are dropped; if a call fails, each caller of that batch gets the error; if
 the draining task itself is cancelled, its batch's callers are told instead of waiting forever.
 """
@@ -10,6 +11,8 @@ the draining task itself is cancelled, its batch's callers are told instead of w
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from typing import Awaitable, Callable, Generic, Optional, TypeVar
 
 Item = TypeVar("Item")
@@ -23,12 +26,14 @@ class BatchQueue(Generic[Item, Result]):
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._run = run
         self.max_batch = max_batch
-        self._queue: list[tuple[Item, asyncio.Future]] = []
+        self._queue: list[tuple[float, int, Item, asyncio.Future]] = []    # (key, order, item, result)
+        self._order = itertools.count()
         self._drain: Optional[asyncio.Task] = None
 
-    async def submit(self, item: Item) -> Result:
+    async def submit(self, item: Item, key: Optional[float] = None) -> Result:
+        """`item`'s result; `key`: its urgency (smaller first; default: now, i.e. first come first)."""
         done = asyncio.get_running_loop().create_future()
-        self._queue.append((item, done))
+        self._queue.append((time.time() if key is None else key, next(self._order), item, done))
         if self._drain is None or self._drain.done():
             self._drain = asyncio.ensure_future(self._drain_queue())
         return await done
@@ -36,8 +41,9 @@ class BatchQueue(Generic[Item, Result]):
     async def _drain_queue(self) -> None:
         while self._queue:
             cut = len(self._queue) if self.max_batch is None else self.max_batch
+            self._queue.sort(key=lambda entry: entry[:2])
             batch, self._queue = self._queue[:cut], self._queue[cut:]
-            batch = [(item, done) for item, done in batch if not done.done()]    # callers gone meanwhile
+            batch = [(item, done) for _, _, item, done in batch if not done.done()]    # callers gone meanwhile
             if not batch:
                 continue
             try:

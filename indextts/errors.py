@@ -51,3 +51,8 @@ class OptionsError(IndexTTSError, ValueError):
 
 class VoiceError(IndexTTSError):
     """A named voice is unknown or its registry entry is invalid."""
+
+
+class IncompleteSegmentError(IndexTTSError):
+    """A stage's stream of a segment ended before its last chunk: the segment's audio would be cut
+    short, so the utterance cannot be completed."""

@@ -19,6 +19,8 @@ from typing import AsyncIterator, Optional, Union
 import torch
 
 from indextts.audio import SAMPLE_RATE
+from indextts.errors import IncompleteSegmentError
+from indextts.scheduling import FIRST_AUDIO_LEAD_S
 from indextts.stages.base import FrontendStage, GPTStage, VocoderStage
 from indextts.text.frontend import check_speakable
 from indextts.types import AudioChunk, ChunkSchedule, CodeChunk, SamplingOptions, Segment, VoiceSpec
@@ -27,6 +29,8 @@ from indextts.vocoder.streaming import WindowCutter
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS_PER_SEGMENT = 120
+SECONDS_PER_TEXT_TOKEN = 0.2     # a rough speech duration per BPE token, for segment deadlines only
+LENGTH_BIAS = 0.1                # first audio of a request is due this much later per second of its audio
 
 _Item = Union[tuple[CodeChunk, torch.Tensor, int], BaseException, None]
 
@@ -56,7 +60,7 @@ class Synthesizer:
         if self._window_frames is None:
             self._window_frames = await self.vocoder.window_frames()
         front = check_speakable(await self.frontend.process(text, max_tokens_per_segment))
-        segments = list(front.segments)
+        segments = _with_deadlines(front.segments, time.time())
         queues: dict[int, asyncio.Queue] = {}
         tasks: list[asyncio.Task] = []
         started = time.perf_counter()
@@ -87,20 +91,29 @@ class Synthesizer:
 
     async def _segment(self, segment: Segment, voice: VoiceSpec, options: SamplingOptions,
                        schedule: Optional[ChunkSchedule], out: asyncio.Queue) -> None:
-        """Generates and vocodes one segment chunk by chunk into `out`; then None (or the error)."""
+        """Generates and vocodes one segment chunk by chunk into `out`; then None (or the error).
+        A GPT stream that ends without a final chunk is an error: the segment's audio would be cut short."""
         chunks = None
         try:                          # every error, a failed call included, reaches the consumer
             chunks = self.gpt.generate(voice, segment, options, schedule)
             windows = WindowCutter(*self._window_frames)
             codes = 0                 # codes of chunks whose frames await their lookahead
+            played = 0                # samples of this segment sent so far
+            finished = False
             async for chunk in chunks:
+                finished = chunk.final
                 codes += len(chunk.codes)
                 window = windows.push(chunk.latents, chunk.final)
                 if window is None and not chunk.final:
                     continue          # nothing due yet: no empty audio chunk
+                if window is not None and segment.deadline is not None:   # due when its audio would play
+                    window = replace(window, deadline=segment.deadline + played / SAMPLE_RATE)
                 samples = await self.vocoder.vocode(voice, window) if window is not None else torch.zeros(0)
+                played += samples.numel()
                 out.put_nowait((chunk, samples, codes))
                 codes = 0
+            if not finished:
+                raise IncompleteSegmentError("the GPT stage ended the segment before its last chunk")
             out.put_nowait(None)
         except Exception as e:          # handed to the consumer, which raises it in order
             out.put_nowait(e)
@@ -115,6 +128,21 @@ class Synthesizer:
         parts = [chunk.samples async for chunk in self.stream(text, voice, options, max_tokens_per_segment,
                                                               schedule)]
         return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _with_deadlines(segments, start: float) -> list[Segment]:
+    """Each segment due when the audio before it would have played from `start`, estimated from
+    text tokens; stages serve earlier deadlines first, so a request that is ahead of playback
+    yields to one that is not. The first segment is due `FIRST_AUDIO_LEAD_S` before `start`,
+    later the longer the request (`LENGTH_BIAS` of its estimated audio): a one-line request's
+    first audio is not queued behind a long text's, and a long one waits a bounded time."""
+    total = SECONDS_PER_TEXT_TOKEN * sum(len(segment.ids) for segment in segments)
+    out, due = [], start
+    for i, segment in enumerate(segments):
+        first = start - FIRST_AUDIO_LEAD_S + LENGTH_BIAS * total
+        out.append(replace(segment, deadline=first if i == 0 else due))
+        due += SECONDS_PER_TEXT_TOKEN * len(segment.ids)
+    return out
 
 
 def _segment_options(options: SamplingOptions, index: int, count: int) -> SamplingOptions:

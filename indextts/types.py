@@ -94,6 +94,9 @@ class Segment:
 
     ids: tuple[int, ...]          # BPE ids, without start/stop text tokens
     text: str = ""                # the pieces joined, for logs and progress bars
+    # Wall-clock time (time.time()) by which its audio is due; schedulers take earlier ones
+    # first (indextts.scheduling). None: due now.
+    deadline: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,7 @@ class LatentWindow:
     latents: torch.Tensor             # [left + emit + right, D] float32, on the CPU
     left: int
     emit: int
+    deadline: Optional[float] = None  # when its audio is due (time.time()); as Segment.deadline
 
     def __post_init__(self):
         if not (0 <= self.left and 0 <= self.emit and self.left + self.emit <= self.latents.shape[0]):

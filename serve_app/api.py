@@ -31,7 +31,7 @@ from indextts.synthesis import DEFAULT_MAX_TOKENS_PER_SEGMENT, Synthesizer
 from indextts.types import (REPETITION_PENALTY_MAX, SEED_LIMIT, TEMPERATURE_MAX, TOP_K_MAX, TOP_P_MAX,
                             AudioChunk, SamplingOptions, VoiceSpec)
 from indextts.voices import VoiceExistsError, VoiceNotFoundError, VoiceRegistry
-from serve_app.errors import ApiError, error_object, install_error_handlers
+from serve_app.errors import RETRY_AFTER_S, ApiError, error_object, error_response, install_error_handlers
 from serve_app.security import AccessSettings, install_access_control
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ LEGACY_DEFAULT_SEED = 8
 UPLOAD_FIELDS = ("audio_sample", "files", "file")
 UPLOAD_FORM_SLACK_BYTES = 64 * 1024    # multipart boundaries, headers and the other fields
 READY_TIMEOUT_S = 5.0                  # /ready answers 503 when the stages do not all answer in time
-RETRY_AFTER_S = 5                      # what a 503 tells clients to wait
 
 
 # -- request models ---------------------------------------------------------------------------
@@ -64,15 +63,16 @@ class SpeechRequest(BaseModel):
     voice: Union[str, VoiceRef]
     instructions: Optional[str] = None          # accepted for compatibility, not used
     response_format: ResponseFormat = "mp3"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    # Numbers are strict: JSON numbers only (true, "1.5" and 1.0 for an integer are refused).
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, strict=True)
     stream_format: Literal["audio", "sse"] = "audio"
     # Sampling extras: SamplingOptions' fields and bounds (indextts.types), except temperature 0 = greedy.
-    temperature: Optional[float] = Field(None, ge=0.0, le=TEMPERATURE_MAX)
-    top_p: Optional[float] = Field(None, gt=0.0, le=TOP_P_MAX)
-    top_k: Optional[int] = Field(None, ge=0, le=TOP_K_MAX)
-    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=REPETITION_PENALTY_MAX)
-    seed: Optional[int] = Field(None, ge=0, lt=SEED_LIMIT)
-    max_tokens_per_segment: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0.0, le=TEMPERATURE_MAX, strict=True)
+    top_p: Optional[float] = Field(None, gt=0.0, le=TOP_P_MAX, strict=True)
+    top_k: Optional[int] = Field(None, ge=0, le=TOP_K_MAX, strict=True)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=REPETITION_PENALTY_MAX, strict=True)
+    seed: Optional[int] = Field(None, ge=0, lt=SEED_LIMIT, strict=True)
+    max_tokens_per_segment: Optional[int] = Field(None, ge=1, strict=True)
 
     @property
     def voice_name(self) -> str:
@@ -88,7 +88,7 @@ class LegacySpeechRequest(SpeechRequest):
 class TtsUrlRequest(BaseModel):
     text: str
     audio_paths: list[str] = Field(min_length=1)
-    seed: Optional[int] = Field(LEGACY_DEFAULT_SEED, ge=0, lt=SEED_LIMIT)
+    seed: Optional[int] = Field(LEGACY_DEFAULT_SEED, ge=0, lt=SEED_LIMIT, strict=True)
 
 
 class TtsRequest(BaseModel):
@@ -327,6 +327,8 @@ def _add_voice_routes(app: FastAPI, service: SpeechService) -> None:
             await asyncio.to_thread(registry.delete, name)
         except VoiceNotFoundError as e:
             raise ApiError(404, str(e), "voice_id", "voice_not_found") from e
+        except VoiceError as e:          # an invalid name, or a preset (read-only)
+            raise ApiError(400, str(e), "voice_id", "invalid_voice") from e
         return {"id": name, "object": "audio.voice.deleted", "deleted": True}
 
 
@@ -367,28 +369,46 @@ async def _legacy_wav(service: SpeechService, text: str, voice: VoiceSpec, optio
     return Response(await audio.read(), media_type="audio/wav")
 
 
+def _route_error(exc: Exception, fields: dict[str, str], param: Optional[str] = None) -> JSONResponse:
+    """The error envelope of `exc` under this route's own field names: the library's errors name
+    OpenAI's fields ('input', 'voice'); `param` names the field of errors that carry none."""
+    response = error_response(exc, param)
+    body = json.loads(response.body)
+    if body["error"]["param"] not in fields:
+        return response
+    body["error"]["param"] = fields[body["error"]["param"]]
+    headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+    return JSONResponse(body, status_code=response.status_code, headers=headers)
+
+
 def _add_original_routes(app: FastAPI, service: SpeechService) -> None:
     """The original server's routes, drop-in."""
     registry = service.registry
 
     @app.post("/tts_url")
     async def tts_url(req: TtsUrlRequest) -> Response:
-        service.check_input(req.text, "text")
         try:
-            voice = await asyncio.to_thread(registry.resolve_paths, req.audio_paths)
-        except VoiceError as e:
-            raise ApiError(404 if isinstance(e, VoiceNotFoundError) else 400, str(e), "audio_paths",
-                           "invalid_path") from e
-        return await _legacy_wav(service, req.text, voice, SamplingOptions(seed=req.seed))
+            service.check_input(req.text, "text")
+            try:
+                voice = await asyncio.to_thread(registry.resolve_paths, req.audio_paths)
+            except VoiceError as e:
+                raise ApiError(404 if isinstance(e, VoiceNotFoundError) else 400, str(e), "audio_paths",
+                               "invalid_path") from e
+            return await _legacy_wav(service, req.text, voice, SamplingOptions(seed=req.seed))
+        except Exception as e:       # a reference file that is not usable audio is the paths' fault
+            return _route_error(e, {"input": "text"}, "audio_paths")
 
     @app.post("/tts")
     async def tts(req: TtsRequest) -> Response:
-        service.check_input(req.text, "text")
         try:
-            voice = await asyncio.to_thread(registry.resolve, req.character)
-        except VoiceNotFoundError as e:     # the original answered 404 for an unknown character
-            raise ApiError(404, str(e), "character", "voice_not_found") from e
-        return await _legacy_wav(service, req.text, voice, SamplingOptions())
+            service.check_input(req.text, "text")
+            try:
+                voice = await asyncio.to_thread(registry.resolve, req.character)
+            except VoiceNotFoundError as e:     # the original answered 404 for an unknown character
+                raise ApiError(404, str(e), "character", "voice_not_found") from e
+            return await _legacy_wav(service, req.text, voice, SamplingOptions())
+        except Exception as e:
+            return _route_error(e, {"input": "text", "voice": "character"})
 
     @app.post("/audio/speech")
     async def legacy_speech(req: LegacySpeechRequest) -> Response:
@@ -413,17 +433,25 @@ def _add_stream_variant_routes(app: FastAPI, service: SpeechService) -> None:
         return await service.audio(req.text, voice, SamplingOptions(), service.settings.max_tokens_per_segment,
                                    fmt, 1.0, streaming=streaming)
 
+    fields = {"input": "text", "voice": "reference_id"}
+
     @app.post("/index-tts/v1/tts_stream")
     async def tts_stream(req: TtsStreamRequest) -> Response:
-        audio = await synthesis(req, "pcm", req.streaming)
-        if req.streaming:
-            return StreamingResponse(audio, media_type="audio/pcm")
-        return Response(await audio.read(), media_type="audio/pcm")
+        try:
+            audio = await synthesis(req, "pcm", req.streaming)
+            if req.streaming:
+                return StreamingResponse(audio, media_type="audio/pcm")
+            return Response(await audio.read(), media_type="audio/pcm")
+        except Exception as e:
+            return _route_error(e, fields)
 
     @app.post("/index-tts/v1/tts")
     async def tts_wav(req: TtsStreamRequest) -> Response:
-        audio = await synthesis(req, "wav", False)
-        return Response(await audio.read(), media_type="audio/wav")
+        try:
+            audio = await synthesis(req, "wav", False)
+            return Response(await audio.read(), media_type="audio/wav")
+        except Exception as e:
+            return _route_error(e, fields)
 
 
 def _add_status_routes(app: FastAPI, service: SpeechService) -> None:

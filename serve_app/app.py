@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ray.serve import Application
 
@@ -47,9 +47,11 @@ def build_app(args: AppArgs) -> Application:
 
 
 def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make_vocoder: Callable,
-                max_tokens_limit: Optional[int] = None) -> Application:
+                max_tokens_limit: Optional[int] = None,
+                overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Application:
     """Bind Ingress over the three stage deployments; each `make_*` builds its stage in the replica.
-    `max_tokens_limit` caps a request's `max_tokens_per_segment` (`GPTConfig.max_segment_tokens`)."""
+    `max_tokens_limit` caps a request's `max_tokens_per_segment` (`GPTConfig.max_segment_tokens`).
+    `overrides`: more deployment options by deployment name (e.g. `{"GPT": {"num_replicas": 2}}`)."""
     voices_dir = args.resolved_voices_dir()
     access = args.access_settings()      # reads api_keys_file now: a missing file fails the build
     if not args.voices_dir:
@@ -61,13 +63,14 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
                                max_upload_files=args.max_upload_files,
                                max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     gpu, cpus = args.on_gpu, args.num_cpus
-    frontend = Frontend.options(ray_actor_options={"num_cpus": cpus}).bind(make_frontend)
-    gpt = GPT.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.gpt_num_gpus if gpu else 0}
-                      ).bind(make_gpt)
-    vocoder = Vocoder.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.vocoder_num_gpus if gpu else 0}
-                              ).bind(make_vocoder)
-    return Ingress.options(ray_actor_options={"num_cpus": cpus}).bind(
-        frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead, access)
+    extra = overrides or {}
+    frontend = Frontend.options(ray_actor_options={"num_cpus": cpus}, **extra.get("Frontend", {})).bind(make_frontend)
+    gpt = GPT.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.gpt_num_gpus if gpu else 0},
+                      **extra.get("GPT", {})).bind(make_gpt)
+    vocoder = Vocoder.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.vocoder_num_gpus if gpu else 0},
+                              **extra.get("Vocoder", {})).bind(make_vocoder)
+    return Ingress.options(ray_actor_options={"num_cpus": cpus}, **extra.get("Ingress", {})).bind(
+        frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead, access, args.request_timeout_s)
 
 
 def _is_local_path(model_dir: str) -> bool:

@@ -65,6 +65,8 @@ class AppArgs(BaseModel):
                                                          "equals whole-segment audio); less: earlier, inexact")
     max_tokens_per_segment: int = Field(120, ge=1, le=600)
     max_input_chars: int = Field(4096, ge=1)
+    request_timeout_s: float = Field(300.0, gt=0.0, description="seconds a request may take in all, held by the "
+                                     "ingress with or without a config file: then a 504 envelope, or a cut stream")
     segment_lookahead: int = Field(4, ge=1, le=64, description="segments generated ahead of playback")
     max_upload_files: int = Field(8, ge=1, le=64)
     max_upload_mb: float = Field(20.0, gt=0.0, le=1024.0)

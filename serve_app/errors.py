@@ -17,6 +17,8 @@ from indextts.voices import VoiceExistsError, VoiceNotFoundError
 
 logger = logging.getLogger(__name__)
 
+RETRY_AFTER_S = 5                      # what a 503 tells clients to wait
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
@@ -24,6 +26,14 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+
+
+class StageUnavailableError(ApiError):
+    """A stage cannot take the call now (no live replica, its queue is full, or its replica died and
+    the call could not be repeated): HTTP 503 with `Retry-After`, the client may try again."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message, None, "service_unavailable")
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -73,8 +83,10 @@ def error_object(exc: BaseException) -> dict:
 
 
 def error_response(exc: BaseException, param: Optional[str] = None) -> JSONResponse:
+    """The envelope of `exc`; a 503 says when to try again (`Retry-After`)."""
     status, message, param, code, type_ = _classify(exc, param)
-    return JSONResponse(_error_body(message, param, code, type_), status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(_error_body(message, param, code, type_), status_code=status, headers=headers)
 
 
 # pydantic's bound errors -> (the bound's key in the error context, words): says 2.0 as defined, not "2".

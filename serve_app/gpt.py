@@ -21,7 +21,7 @@ from serve_app.health import StageDeployment
 logger = logging.getLogger(__name__)
 
 
-@serve.deployment(name="GPT", max_ongoing_requests=64, health_check_period_s=10,
+@serve.deployment(name="GPT", max_ongoing_requests=64, max_queued_requests=256, health_check_period_s=10,
                   health_check_timeout_s=60, graceful_shutdown_timeout_s=30)
 class GPT(StageDeployment):
     """Thin shim over a `GPTStage`, built inside the replica by `make_stage`."""

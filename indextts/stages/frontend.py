@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from indextts.checkpoint import CheckpointInfo
+from indextts.scheduling import FIRST_AUDIO_LEAD_S, cpu_gate
 from indextts.stages.base import FrontendStage
 from indextts.types import FrontendResult
+
+
+SECONDS_PER_CHAR_LEFT = 0.01     # urgency lost per character still to normalise
 
 
 class TextFrontendStage(FrontendStage):
@@ -24,7 +29,15 @@ class TextFrontendStage(FrontendStage):
         return cls(TextFrontend.from_model_dir(info.model_dir, cache_dir=options.text_cache_dir))
 
     def process_sync(self, text: str, max_tokens_per_segment: int) -> FrontendResult:
-        return self.frontend.process(text, max_tokens=max_tokens_per_segment)
+        """The transducers hold the GIL: requests take turns through the process's CPU gate, due
+        as their first audio is, less so the more text they have left (so a short request is
+        not queued behind a long one's whole normalisation)."""
+        first_audio = time.time() - FIRST_AUDIO_LEAD_S
+
+        def key_of(chars_left: float) -> float:
+            return first_audio + SECONDS_PER_CHAR_LEFT * chars_left
+        with cpu_gate().turn(key_of(len(text) if isinstance(text, str) else 0), key_of):
+            return self.frontend.process(text, max_tokens=max_tokens_per_segment)
 
     async def process(self, text: str, max_tokens_per_segment: int) -> FrontendResult:
         loop = asyncio.get_running_loop()

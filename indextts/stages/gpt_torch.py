@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Iterator, Optional
 
@@ -12,6 +14,7 @@ import torch
 from indextts.checkpoint import CheckpointInfo, load_gpt
 from indextts.gpt import generation
 from indextts.gpt.chunking import CodeCutter, Cut
+from indextts.scheduling import PriorityGate, cpu_gate, current_turn
 from indextts.stages.conditioning import VoiceConditioner
 from indextts.stages.gpt import EngineGPTStage
 from indextts.types import ChunkSchedule, CodeChunk, SamplingOptions, Segment
@@ -44,10 +47,20 @@ class TorchEngine:
     its own KV cache and yields its chunks (see `ChunkSchedule`) as their codes are generated;
     a cancelled consumer stops the worker at its next code."""
 
-    def __init__(self, model, max_workers: int = 16, schedule: ChunkSchedule = ChunkSchedule.whole()):
+    def __init__(self, model, max_workers: int = 64, schedule: ChunkSchedule = ChunkSchedule.whole(),
+                 step_slots: Optional[int] = None):
+        """`max_workers`: segments in flight (a thread each; the GPT deployment's
+        `max_ongoing_requests` stays within it, so none queues for a thread). `step_slots`:
+        segments decoding a step at the same time (None: 1 on a CPU, where concurrent steps only
+        share the cores, else no limit); waiting segments go in order of their deadlines, so a
+        new request is not queued behind others' whole segments."""
         self.model = model
         self.schedule = schedule
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpt")
+        if step_slots is None:       # on a CPU: the process's gate, shared with the vocoder
+            self._gate = cpu_gate() if model.device.type == "cpu" else None
+        else:
+            self._gate = PriorityGate(step_slots)
 
     def _chunks(self, cond: torch.Tensor, segment: Segment, options: SamplingOptions, ignore_stop: bool,
                 schedule: ChunkSchedule, cancelled: threading.Event) -> Iterator[CodeChunk]:
@@ -65,12 +78,14 @@ class TorchEngine:
                 return
             # ignore_stop keeps the codes as they come, as result_from_raw does
             shrinker = None if ignore_stop else generation.SilenceShrinker(model.cfg.stop_mel_token)
+            turn = current_turn()
             # looked up per call (not imported by name) so that tests can wrap stream_codes
             for code in generation.stream_codes(model, cond, segment.ids, options, prompt=prompt,
                                                 ignore_stop=ignore_stop):
                 if cancelled.is_set():
                     raise asyncio.CancelledError()
                 yield from cutter.push([code] if shrinker is None else shrinker.push([code]))
+                turn.pause()          # a segment due earlier takes the next step
             if shrinker is None:
                 yield cutter.finish(False)
             else:
@@ -79,8 +94,9 @@ class TorchEngine:
 
     def _run(self, cond: torch.Tensor, segment: Segment, options: SamplingOptions, ignore_stop: bool,
              schedule: ChunkSchedule, cancelled: threading.Event, deliver: Callable[[CodeChunk], None]) -> None:
-        for chunk in self._chunks(cond, segment, options, ignore_stop, schedule, cancelled):
-            deliver(chunk)
+        with (self._gate.turn(segment.deadline or time.time()) if self._gate else nullcontext()):
+            for chunk in self._chunks(cond, segment, options, ignore_stop, schedule, cancelled):
+                deliver(chunk)
 
     async def generate(self, cond: torch.Tensor, segment: Segment, options: SamplingOptions = SamplingOptions(),
                        *, ignore_stop: bool = False,
@@ -128,7 +144,7 @@ class TorchEngine:
 class TorchGPTStage(EngineGPTStage):
     """Conditioning and generation share one `UnifiedVoice`; segments are chunked by `schedule`."""
 
-    def __init__(self, model, conditioning: VoiceConditioner, max_workers: int = 16,
+    def __init__(self, model, conditioning: VoiceConditioner, max_workers: int = 64,
                  schedule: ChunkSchedule = ChunkSchedule.whole()):
         super().__init__(TorchEngine(model, max_workers, schedule), conditioning, model.cfg)
         self.model = model

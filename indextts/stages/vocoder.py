@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence, Union
 
@@ -12,6 +13,7 @@ from indextts.audio import ReferenceLimits
 from indextts.batching import BatchQueue
 from indextts.checkpoint import CheckpointInfo, load_vocoder
 from indextts.errors import OptionsError
+from indextts.scheduling import cpu_gate
 from indextts.stages.base import VocoderStage
 from indextts.stages.conditioning import KeyedCache, voice_mels, weights_or_uniform
 from indextts.types import LatentWindow, VoiceSpec
@@ -21,6 +23,11 @@ from indextts.vocoder.streaming import receptive_field_of
 # slack in frames so that short chunks (cheap to pad, costly in kernel launches) always share.
 MIXED_LENGTH_RATIO = 1.5
 MIXED_LENGTH_SLACK = 16
+CPU_CALL_WINDOWS = 2      # windows per BigVGAN call on a CPU (each call holds the cores while it runs)
+
+
+def _due(window: LatentWindow) -> float:
+    return window.deadline if window.deadline is not None else time.time()
 
 
 class BigVGANStage(VocoderStage):
@@ -55,8 +62,10 @@ class BigVGANStage(VocoderStage):
         self.mixed_length_batches = mixed_length_batches
         self._voices = KeyedCache(cache_size)
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vocoder")
-        # Everything waiting goes to one vocode_batch call, which splits it into max_batch groups.
-        self._queue = BatchQueue(self._vocode_items)
+        # Up to max_batch waiting windows per call, the most urgent first (their deadlines); on a
+        # CPU few per call, so that an urgent window never waits behind a long call.
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self._queue = BatchQueue(self._vocode_items, max_batch=min(max_batch, CPU_CALL_WINDOWS) if on_cpu else max_batch)
 
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, options) -> "BigVGANStage":
@@ -124,15 +133,31 @@ class BigVGANStage(VocoderStage):
     async def vocode(self, voice: VoiceSpec, window: LatentWindow) -> torch.Tensor:
         if window.emit == 0:
             return torch.zeros(0)
-        return await self._queue.submit((voice, window))
+        return await self._queue.submit((voice, window), window.deadline)
 
     async def window_frames(self) -> tuple[int, int]:
         return self.reach.context, self.reach.lookahead if self.lookahead is None else self.lookahead
 
     async def _vocode_items(self, items: list[tuple[VoiceSpec, LatentWindow]]) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.vocode_batch_sync,
+        return await loop.run_in_executor(self._executor, self._vocode_in_turn,
                                           [v for v, _ in items], [w for _, w in items])
+
+    def _vocode_in_turn(self, voices: list[VoiceSpec], windows: list[LatentWindow]) -> list[torch.Tensor]:
+        """On a CPU, small calls one at a time through the process's gate, in deadline order with
+        the GPT's decode steps (indextts.scheduling.cpu_gate): batching gains little there, and a
+        call holds the cores until it ends."""
+        if self.device.type != "cpu":
+            return self.vocode_batch_sync(voices, windows)
+        out: list[torch.Tensor] = [torch.zeros(0)] * len(windows)
+        order = sorted(range(len(windows)), key=lambda i: _due(windows[i]))
+        for start in range(0, len(order), CPU_CALL_WINDOWS):
+            part = order[start:start + CPU_CALL_WINDOWS]
+            with cpu_gate().turn(_due(windows[part[0]])):
+                for i, samples in zip(part, self.vocode_batch_sync([voices[i] for i in part],
+                                                                   [windows[i] for i in part])):
+                    out[i] = samples
+        return out
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
+from indextts.scheduling import current_turn
 from indextts.text.grammars import GrammarError, GrammarSet
 
 logger = logging.getLogger(__name__)
@@ -277,7 +278,10 @@ class WeTextNormalizer:
             return None if result is None else result[0]
         parts: list[str] = []
         joiner = ""
+        turn, left = current_turn(), len(text)
         for chunk in split_into_chunks(text, self.lang, self.options.chunk_chars):
+            turn.pause(left)              # more urgent work (another request's) may go first
+            left -= len(chunk.text)
             result = self._normalize_one(chunk.text)
             if result is None:
                 return None

@@ -70,6 +70,13 @@ class EngineLoad:
     updated: float = field(default=0.0)
 
 
+def request_priority(deadline: Optional[float]) -> int:
+    """vLLM's priority of a segment due at `deadline` (time.time(); None: now), in milliseconds:
+    with the engine's priority scheduling, waiting requests start (and, when the KV cache runs
+    out, running ones are preempted) earliest deadline first instead of first come."""
+    return int((time.time() if deadline is None else deadline) * 1000)
+
+
 def batch_size_buckets(most: int) -> list[int]:
     """Every power of two below `most`, and `most`: the batch sizes at which vLLM's GPU sampler
     compiles a kernel on first use (see `VLLMEngine.warm_up`)."""
@@ -150,7 +157,7 @@ def engine_args(model_dir: Union[str, Path], *, dtype: str = "auto", gpu_memory_
         raise OptionsError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
     kwargs = dict(model=str(model_dir), config_format=CONFIG_FORMAT, load_format=LOAD_FORMAT,
                   runner="generate", skip_tokenizer_init=True, limit_mm_per_prompt={"voice": 1},
-                  mm_processor_cache_gb=0, scheduler_cls=SCHEDULER,
+                  mm_processor_cache_gb=0, scheduler_cls=SCHEDULER, scheduling_policy="priority",
                   generation_config="vllm", worker_extension_cls=EXTENSION_CLASS, dtype=dtype,
                   gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                   enforce_eager=enforce_eager, max_model_len=max_model_len, seed=seed,
@@ -286,24 +293,25 @@ class VLLMEngine:
         code and exactly `max_codes` codes come (random-weight checkpoints; benchmarks and tests)."""
         schedule = self.schedule if schedule is None else schedule
         prompt = self.prompt(voice, segment)
+        priority = request_priority(segment.deadline if isinstance(segment, Segment) else None)
         if schedule.is_whole:
-            raw = await self.raw_codes(prompt, options, ignore_stop=ignore_stop)
+            raw = await self.raw_codes(prompt, options, ignore_stop=ignore_stop, priority=priority)
             result = result_from_raw(self.config, raw, ignore_stop)
             latents = await self.latents(prompt, result.codes.tolist())
             yield CodeChunk(result.codes, latents, final=True, stopped=result.stopped)
             return
-        async for chunk in self._chunks(prompt, options, ignore_stop, schedule):
+        async for chunk in self._chunks(prompt, options, ignore_stop, schedule, priority):
             yield chunk
 
     async def _chunks(self, prompt: VLLMPrompt, options: SamplingOptions, ignore_stop: bool,
-                      schedule: ChunkSchedule) -> AsyncIterator[CodeChunk]:
+                      schedule: ChunkSchedule, priority: int) -> AsyncIterator[CodeChunk]:
         """`generate` on a chunk schedule: codes as vLLM samples them, latents chunk by chunk."""
         key = f"indextts-{uuid.uuid4().hex}"           # the vLLM request's id and its latent stream's
         # ignore_stop keeps the codes as they come, as result_from_raw does
         shrinker = None if ignore_stop else SilenceShrinker(self.config.stop_mel_token)
         cutter, opened, finished = CodeCutter(schedule), False, False
         try:
-            async for raw in self._raw_stream(key, prompt, options, ignore_stop):
+            async for raw in self._raw_stream(key, prompt, options, ignore_stop, priority):
                 for cut in cutter.push(raw if shrinker is None else shrinker.push(raw)):
                     first, opened = not opened, True         # opened once sent: a cancel must release it
                     latents = await self._stream_latents(key, prompt, cut.codes, first=first, last=False)
@@ -320,14 +328,14 @@ class VLLMEngine:
                 self._release_stream(key)
 
     async def _raw_stream(self, request_id: str, prompt: VLLMPrompt, options: SamplingOptions,
-                          ignore_stop: bool) -> AsyncIterator[list[int]]:
+                          ignore_stop: bool, priority: int) -> AsyncIterator[list[int]]:
         """The raw codes of one vLLM request as each engine step samples them (the stop code
         last, when it came). Closing the iterator early aborts the request."""
         params = self.sampling_params(options, ignore_stop, streamed=True)
         self._active.add(request_id)
         count, last = 0, None
         try:
-            stream = self._llm.generate(prompt.for_vllm(), params, request_id)
+            stream = self._llm.generate(prompt.for_vllm(), params, request_id, priority=priority)
             try:
                 async for out in stream:
                     codes = list(out.outputs[0].token_ids)
@@ -340,15 +348,18 @@ class VLLMEngine:
             self._active.discard(request_id)
         self._warn_without_stop(last, params.max_tokens, ignore_stop)
 
-    async def raw_codes(self, prompt: VLLMPrompt, options: SamplingOptions, *, ignore_stop: bool = False) -> list[int]:
+    async def raw_codes(self, prompt: VLLMPrompt, options: SamplingOptions, *, ignore_stop: bool = False,
+                        priority: Optional[int] = None) -> list[int]:
         """The codes of one vLLM request as sampled (the stop code last, when it came), sent by
-        vLLM once, at the end. Cancelling the caller aborts the request."""
+        vLLM once, at the end. Cancelling the caller aborts the request. `priority`: see
+        `request_priority` (None: due now)."""
+        priority = request_priority(None) if priority is None else priority
         params = self.sampling_params(options, ignore_stop)
         request_id = f"indextts-{uuid.uuid4().hex}"
         raw: list[int] = []
         self._active.add(request_id)
         try:
-            stream = self._llm.generate(prompt.for_vllm(), params, request_id)
+            stream = self._llm.generate(prompt.for_vllm(), params, request_id, priority=priority)
             try:
                 async for out in stream:
                     raw.extend(out.outputs[0].token_ids)
