@@ -157,7 +157,11 @@ class IndexTTS:
         return SAMPLE_RATE
 
     def close(self) -> None:
-        self.stages.close()
+        """Closes the stages on the event loop they run on (so that vLLM's output task is not
+        mid-read when its engine stops: it would report the engine dead), then stops the loop."""
+        async def close_stages():
+            self.stages.close()
+        self._loop.run(close_stages())
         self._loop.stop()
 
     def __enter__(self) -> "IndexTTS":

@@ -33,37 +33,67 @@ class PriorityGate:
         self.slots = slots
         self._lock = threading.Lock()
         self._running = 0
-        self._waiting: list[tuple[float, int, threading.Event]] = []     # heap of (key, order, wake-up)
+        # heap of (key, order, wake-up, whether reservations hold it back)
+        self._waiting: list[tuple[float, int, threading.Event, bool]] = []
         self._order = itertools.count()
+        self._reserved: list[float] = []  # keys of `reserve` blocks in progress
 
-    def _acquire(self, key: float) -> None:
+    def _blocked(self, key: float) -> bool:
+        """A reservation more urgent than `key` holds it back (lock held)."""
+        return bool(self._reserved) and min(self._reserved) < key
+
+    def _acquire(self, key: float, held_back: bool = True) -> None:
+        wake = threading.Event()
         with self._lock:
-            if self._running < self.slots and not self._waiting:
-                self._running += 1
-                return
-            wake = threading.Event()
-            heapq.heappush(self._waiting, (key, next(self._order), wake))
-        wake.wait()                       # the releasing thread handed its slot over
+            heapq.heappush(self._waiting, (key, next(self._order), wake, held_back))
+            self._hand_over()             # at once if a slot is free and nothing more urgent waits
+        wake.wait()
 
     def _release(self) -> None:
         with self._lock:
-            if self._waiting:
-                _, _, wake = heapq.heappop(self._waiting)
-                wake.set()                # the slot passes on: `_running` is unchanged
-            else:
-                self._running -= 1
+            self._running -= 1
+            self._hand_over()
 
-    def _more_urgent_waiting(self, key: float) -> bool:
+    def _hand_over(self) -> None:
+        """Free slots go to the most urgent waiters that no reservation holds back (lock held)."""
+        held: list = []
+        while self._running < self.slots and self._waiting:
+            entry = heapq.heappop(self._waiting)
+            if entry[3] and self._blocked(entry[0]):
+                held.append(entry)
+                continue
+            self._running += 1
+            entry[2].set()
+        for entry in held:
+            heapq.heappush(self._waiting, entry)
+
+    def _should_pause(self, key: float, held_back: bool) -> bool:
         with self._lock:
-            return bool(self._waiting) and self._waiting[0][0] < key
+            return (bool(self._waiting) and self._waiting[0][0] < key) or (held_back and self._blocked(key))
 
     @contextmanager
-    def turn(self, key: float, key_of: Optional[Callable[[float], float]] = None) -> Iterator["Turn"]:
+    def reserve(self, key: float) -> Iterator[None]:
+        """For the block, work less urgent than `key` waits at its next pause, so that this
+        urgent work (e.g. a request's first audio) has the cores and the GIL to itself, event-loop
+        hops included, not just the gate's turns. Work at `key` or more urgent goes on."""
+        with self._lock:
+            self._reserved.append(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved.remove(key)
+                self._hand_over()
+
+    @contextmanager
+    def turn(self, key: float, key_of: Optional[Callable[[float], float]] = None,
+             held_back: bool = True) -> Iterator["Turn"]:
         """Hold a slot for the block (waiting for one first); `Turn.pause()` inside gives it
         back to a more urgent waiter and waits for it again. `key_of` maps what `pause(left)`
-        reports (e.g. characters left) to a new key."""
-        self._acquire(key)
-        turn = Turn(self, key, key_of)
+        reports (e.g. characters left) to a new key. `held_back=False`: reservations do not hold
+        this turn back (work that urgent work may queue behind, such as a batch call)."""
+        self._acquire(key, held_back)
+        turn = Turn(self, key, key_of, held_back)
         outer, _local.turn = getattr(_local, "turn", None), turn
         try:
             yield turn
@@ -80,8 +110,8 @@ class Turn:
     """One thread's hold on a gate slot."""
 
     def __init__(self, gate: Optional[PriorityGate], key: float,
-                 key_of: Optional[Callable[[float], float]] = None):
-        self.gate, self.key, self.key_of = gate, key, key_of
+                 key_of: Optional[Callable[[float], float]] = None, held_back: bool = True):
+        self.gate, self.key, self.key_of, self.held_back = gate, key, key_of, held_back
 
     def pause(self, left: Optional[float] = None) -> None:
         """Let a more urgent waiter run first (then wait for a slot again); `left` (work left,
@@ -89,9 +119,9 @@ class Turn:
         more urgent waits."""
         if left is not None and self.key_of is not None:
             self.key = self.key_of(left)
-        if self.gate is not None and self.gate._more_urgent_waiting(self.key):
+        if self.gate is not None and self.gate._should_pause(self.key, self.held_back):
             self.gate._release()
-            self.gate._acquire(self.key)
+            self.gate._acquire(self.key, self.held_back)
 
 
 _local = threading.local()

@@ -11,6 +11,7 @@ in-flight stage call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -20,7 +21,7 @@ import torch
 
 from indextts.audio import SAMPLE_RATE
 from indextts.errors import IncompleteSegmentError
-from indextts.scheduling import FIRST_AUDIO_LEAD_S
+from indextts.scheduling import FIRST_AUDIO_LEAD_S, cpu_gate
 from indextts.stages.base import FrontendStage, GPTStage, VocoderStage
 from indextts.text.frontend import check_speakable
 from indextts.types import AudioChunk, ChunkSchedule, CodeChunk, SamplingOptions, Segment, VoiceSpec
@@ -61,6 +62,9 @@ class Synthesizer:
             self._window_frames = await self.vocoder.window_frames()
         front = check_speakable(await self.frontend.process(text, max_tokens_per_segment))
         segments = _with_deadlines(front.segments, time.time())
+        # Until its first audio, this request's work has the process's CPU before less urgent work.
+        first_audio = contextlib.ExitStack()
+        first_audio.enter_context(cpu_gate().reserve(segments[0].deadline))
         queues: dict[int, asyncio.Queue] = {}
         tasks: list[asyncio.Task] = []
         started = time.perf_counter()
@@ -77,6 +81,7 @@ class Synthesizer:
                     if isinstance(item, BaseException):
                         raise item
                     chunk, samples, codes = item
+                    first_audio.close()
                     yield AudioChunk(samples=samples, sample_rate=SAMPLE_RATE,
                                      final=chunk.final and i == len(segments) - 1,
                                      metadata={"segment": i, "segments": len(segments), "codes": codes,
@@ -84,6 +89,7 @@ class Synthesizer:
                                                "text_tokens": len(segment.ids) if chunk.final else 0,
                                                "elapsed_s": time.perf_counter() - started})
         finally:
+            first_audio.close()
             for task in tasks:
                 task.cancel()
             if tasks:

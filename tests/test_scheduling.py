@@ -110,3 +110,33 @@ def test_outside_a_gate_pausing_does_nothing_and_a_turn_ends_with_its_block():
     assert current_turn() is not turn
     with pytest.raises(ValueError):
         PriorityGate(0)
+
+
+def test_a_reservation_holds_back_less_urgent_work_until_it_ends():
+    gate, events = PriorityGate(1), []
+    started, reserved, done = threading.Event(), threading.Event(), threading.Event()
+
+    def less_urgent():
+        with gate.turn(10.0) as turn:
+            started.set()
+            for piece in range(200):
+                events.append("long")
+                if done.is_set():
+                    return
+                turn.pause()
+                time.sleep(0.001)
+
+    t = threading.Thread(target=less_urgent)
+    t.start()
+    started.wait(5)
+    with gate.reserve(5.0):
+        reserved.set()
+        time.sleep(0.05)                                  # the less urgent work is held at its pause
+        before = len(events)
+        time.sleep(0.05)
+        held = len(events) == before
+        with gate.turn(5.0):                              # work at the reservation's key goes on
+            events.append("urgent")
+    done.set()
+    t.join(5)
+    assert held and "urgent" in events and events[-1] == "long"

@@ -36,7 +36,9 @@ class TextFrontendStage(FrontendStage):
 
         def key_of(chars_left: float) -> float:
             return first_audio + SECONDS_PER_CHAR_LEFT * chars_left
-        with cpu_gate().turn(key_of(len(text) if isinstance(text, str) else 0), key_of):
+        key = key_of(len(text) if isinstance(text, str) else 0)
+        gate = cpu_gate()
+        with gate.reserve(key), gate.turn(key, key_of):     # less urgent work waits at its next pause
             return self.frontend.process(text, max_tokens=max_tokens_per_segment)
 
     async def process(self, text: str, max_tokens_per_segment: int) -> FrontendResult:

@@ -311,5 +311,6 @@ class WeTextNormalizer:
         if reordered is None:
             logger.warning("unexpected %s tagger output %r", self.lang, tagged[:200])
             return None
+        current_turn().pause()            # between the two transducer passes, each holding the GIL
         verbalized = self._verbalizer.normalize(reordered[0])
         return (verbalized, reordered[1]) if verbalized else None
