@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Optional
 
@@ -59,7 +60,8 @@ def _classify(exc: BaseException,
     if isinstance(exc, VoiceError):
         return 400, str(exc), param or "voice", "invalid_voice", "invalid_request_error"
     if isinstance(exc, AudioError):
-        return 400, str(exc), param, "invalid_audio", "invalid_request_error"
+        # a request's audio is its voice's references (uploads name their own field)
+        return 400, str(exc), param or "voice", "invalid_audio", "invalid_request_error"
     if isinstance(exc, NothingToSpeakError):
         return 400, str(exc), "input", "nothing_to_speak", "invalid_request_error"
     if isinstance(exc, TextError):
@@ -110,8 +112,15 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
         message = f"invalid '{param}': {message}"
     if first.get("type") == "json_invalid":
         message, param = "request body is not valid JSON", None
+    elif not param and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        message = "the request body must be a JSON object"
     return JSONResponse(_error_body(message, param, "invalid_value", "invalid_request_error"),
                         status_code=400)
+
+
+def validation_error_object(errors: list) -> dict:
+    """The envelope's inner object for pydantic's `errors()` of a request body (as the API answers)."""
+    return json.loads(_validation_response(RequestValidationError(errors)).body)["error"]
 
 
 def install_error_handlers(app: FastAPI) -> None:

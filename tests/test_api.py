@@ -381,7 +381,7 @@ def test_malformed_json_and_unknown_routes(client):
 
 
 def test_bad_reference_audio_is_a_client_error(client):
-    assert_envelope(speech(client, voice="broken"), 400, None, "silent")
+    assert_envelope(speech(client, voice="broken"), 400, "voice", "silent")
 
 
 def test_internal_errors_are_500_without_internals(client):
@@ -479,3 +479,10 @@ def test_the_fakes_produce_the_expected_audio_length():
         spec = VoiceSpec((str(Path(__file__).parent / "golden/tiny/ref_a.wav"),))
         return await synth.synthesize("Hello world. Bye now.", spec)
     assert np.isclose(asyncio.run(run()).numel() / SR, EXPECTED_S)
+
+
+@pytest.mark.parametrize("body", [b'[{"model": "m"}]', b'"Hi."', b"42"])
+def test_a_body_that_is_not_a_json_object_says_so(client, body):
+    r = client.post("/v1/audio/speech", content=body, headers={"content-type": "application/json"})
+    assert_envelope(r, 400, None, "must be a JSON object")
+    assert "dictionary" not in r.text
