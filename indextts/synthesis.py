@@ -62,6 +62,8 @@ class Synthesizer:
             self._window_frames = await self.vocoder.window_frames()
         front = check_speakable(await self.frontend.process(text, max_tokens_per_segment))
         segments = _with_deadlines(front.segments, time.time())
+        if not segments:
+            return
         # Until its first audio, this request's work has the process's CPU before less urgent work.
         first_audio = contextlib.ExitStack()
         first_audio.enter_context(cpu_gate().reserve(segments[0].deadline))
