@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, AsyncIterator, Literal, Optional, Protocol, Union
+from typing import Annotated, AsyncIterator, Callable, Literal, Optional, Protocol, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -32,7 +32,7 @@ from indextts.types import (REPETITION_PENALTY_MAX, SEED_LIMIT, TEMPERATURE_MAX,
                             AudioChunk, SamplingOptions, VoiceSpec)
 from indextts.voices import VoiceExistsError, VoiceNotFoundError, VoiceRegistry
 from serve_app.errors import RETRY_AFTER_S, ApiError, error_object, error_response, install_error_handlers
-from serve_app.security import AccessSettings, install_access_control
+from serve_app.security import UI_PATH, AccessSettings, install_access_control
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,18 @@ class SpeechService:
                            "max_tokens_per_segment", "invalid_value")
         return n
 
+    async def speech(self, req: SpeechRequest, response_format: Optional[str] = None) -> "EncodedAudio":
+        """The audio of a speech request (the API's routes and the web UI): input, sampling options
+        and voice checked as the API does; `response_format` overrides the request's."""
+        text = self.check_input(req.input)
+        fmt = audio_format(response_format or req.response_format)
+        try:
+            options = self.options(req)
+        except OptionsError as e:
+            raise ApiError(400, str(e), None, "invalid_value") from e
+        voice = await asyncio.to_thread(self.registry.resolve, req.voice_name)
+        return await self.audio(text, voice, options, self.max_tokens(req.max_tokens_per_segment), fmt.name, req.speed)
+
     async def audio(self, text: str, voice: VoiceSpec, options: SamplingOptions, max_tokens: int,
                     response_format: str, speed: float, streaming: bool = True) -> "EncodedAudio":
         """Start synthesis and wait for the first segment, so errors still get a status code;
@@ -248,12 +260,14 @@ def _voice_object(info) -> dict:
             "type": "audio_sample", "source": info.source, "files": list(info.files)}
 
 
-def build_api(service: SpeechService, access: AccessSettings = AccessSettings()) -> FastAPI:
+def build_api(service: SpeechService, access: AccessSettings = AccessSettings(),
+              ui: Optional[Callable[[FastAPI, "SpeechService", AccessSettings], bool]] = None) -> FastAPI:
     """The FastAPI app over `service` (routes documented in README "HTTP API"); `access`: API keys
-    and CORS (default: no keys, cross-origin writes refused)."""
+    and CORS (default: no keys, cross-origin writes refused); `ui`: mounts the web UI at UI_PATH
+    (`serve_app.ui.mount_ui`), true when it did; its key check is then the UI's own."""
     app = FastAPI(title="IndexTTS Serve", version="0.1.0")
     install_error_handlers(app)
-    install_access_control(app, access)
+    install_access_control(app, access, delegated=(UI_PATH,) if ui and ui(app, service, access) else ())
     _add_speech_routes(app, service)
     _add_voice_routes(app, service)
     _add_original_routes(app, service)
@@ -264,15 +278,8 @@ def build_api(service: SpeechService, access: AccessSettings = AccessSettings())
 
 async def _speech(service: SpeechService, req: SpeechRequest) -> Response:
     """One speech request (OpenAI's route and the original's): streamed audio or SSE events."""
-    text = service.check_input(req.input)
+    audio = await service.speech(req)
     fmt = audio_format(req.response_format)
-    try:
-        options = service.options(req)
-    except OptionsError as e:
-        raise ApiError(400, str(e), None, "invalid_value") from e
-    voice = await asyncio.to_thread(service.registry.resolve, req.voice_name)
-    audio = await service.audio(text, voice, options, service.max_tokens(req.max_tokens_per_segment),
-                                fmt.name, req.speed)
     if req.stream_format == "sse":
         return StreamingResponse(audio.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
@@ -317,7 +324,7 @@ def _add_voice_routes(app: FastAPI, service: SpeechService) -> None:
             raise ApiError(400, f"the upload form cannot be read; {how} (at most {settings.max_upload_files} files)",
                            None, "invalid_upload") from e
         try:
-            return await _add_voice(service, form)
+            return await add_voice(service, form)
         finally:
             await form.close()     # its spooled temporary files
 
@@ -332,7 +339,7 @@ def _add_voice_routes(app: FastAPI, service: SpeechService) -> None:
         return {"id": name, "object": "audio.voice.deleted", "deleted": True}
 
 
-async def _add_voice(service: SpeechService, form) -> dict:
+async def add_voice(service: SpeechService, form) -> dict:
     """Register the voice of an upload form: its 'name' and the audio files under UPLOAD_FIELDS."""
     settings = service.settings
     name = form.get("name")

@@ -71,6 +71,7 @@ class AppArgs(BaseModel):
     max_upload_files: int = Field(8, ge=1, le=64)
     max_upload_mb: float = Field(20.0, gt=0.0, le=1024.0)
     model_name: str = "indextts"
+    ui: bool = Field(True, description="the web UI at /ui (needs the 'ui' extra: gradio); ui=false leaves it out")
     text_cache_dir: Optional[str] = Field(None, description="where the text normaliser caches its FSTs")
     check_model_dir: bool = Field(True, description="validate model_dir when the graph is built")
     # Access control (serve_app.security; README "Access control"). Keys are left out of repr.

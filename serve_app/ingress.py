@@ -32,7 +32,8 @@ from indextts.voices import VoiceRegistry
 from serve_app.api import ServiceSettings, SpeechService, build_api
 from serve_app.clients import FrontendClient, GPTClient, VocoderClient
 from serve_app.errors import RETRY_AFTER_S, ApiError, error_response
-from serve_app.security import AccessSettings
+from serve_app.security import UI_PATH, AccessSettings
+from serve_app.ui import mount_ui, ui_url
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class Ingress:
 
     def __init__(self, frontend: DeploymentHandle, gpt: DeploymentHandle, vocoder: DeploymentHandle,
                  voices_dir: str, settings: ServiceSettings = ServiceSettings(), lookahead: int = 4,
-                 access: AccessSettings = AccessSettings(), request_timeout_s: Optional[float] = None):
+                 access: AccessSettings = AccessSettings(), request_timeout_s: Optional[float] = None,
+                 ui: bool = False):
         registry = VoiceRegistry(voices_dir, max_files=settings.max_upload_files,
                                  max_file_bytes=settings.max_upload_bytes)
         synthesizer = Synthesizer(FrontendClient(frontend), GPTClient(gpt), VocoderClient(vocoder),
@@ -113,9 +115,12 @@ class Ingress:
         self.service = SpeechService(synthesizer, registry, settings, _ServeMetrics())
         self.access = access     # its api_keys_env is read here, in the replica, when the app is built
         self.request_timeout_s = request_timeout_s
+        self.ui = ui
 
     def __serve_build_asgi_app__(self):
-        app = build_api(self.service, self.access)
+        app = build_api(self.service, self.access, ui=mount_ui if self.ui else None)
+        if any(getattr(route, "path", None) == UI_PATH for route in app.routes):
+            logger.warning("web UI at %s", ui_url())    # warning: replicas drop our modules' info records
         if self.request_timeout_s:
             app.add_middleware(RequestTimeout, timeout_s=self.request_timeout_s)     # the outermost of ours
         return app

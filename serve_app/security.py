@@ -12,6 +12,10 @@
   the cross-site form POST that browsers send without a preflight, and foreign preflights.
   Allowed origins get Starlette's `CORSMiddleware`, which answers their preflights.
 
+Web UI (`serve_app/ui.py`, mounted under `UI_PATH`): a browser cannot send a bearer header, so
+the key check delegates that prefix to the UI, which asks for a key on its own login page and
+compares it with the same `KeyRing`.
+
 Middleware order, outermost first: origin guard -> CORS -> key check -> the app. So a foreign
 origin is refused before anything else, and an allowed origin's preflight (which browsers send
 without credentials) is answered before the key check, while 401s still carry CORS headers.
@@ -42,6 +46,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})              # may come from any origi
 CORS_METHODS = ("GET", "POST", "DELETE", "OPTIONS")
 CORS_HEADERS = ("Authorization", "Content-Type")
 VOICES_PATH = "/v1/audio/voices"
+UI_PATH = "/ui"                                        # where the web UI is mounted (serve_app/ui.py)
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 
@@ -116,11 +121,32 @@ class AccessSettings:
                        api_keys_env=None)
 
 
-def install_access_control(app: FastAPI, settings: AccessSettings) -> None:
-    """Add the key check, CORS and the origin guard to `app` (see the module docstring)."""
+class KeyRing:
+    """The configured keys, each compared in constant time (the key check and the web UI)."""
+
+    def __init__(self, users: frozenset[str], admins: frozenset[str]):
+        # Bytes, as the header arrives; a key in both sets is an admin key.
+        self.keys = [(k.encode(), k in admins) for k in sorted(users | admins)]
+        self.admin_only = bool(admins)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def role(self, token: bytes) -> Optional[str]:
+        """'admin', 'user' or None; every key is compared, in constant time, whatever matches."""
+        role = None
+        for key, is_admin in self.keys:
+            if hmac.compare_digest(token, key):
+                role = "admin" if is_admin else "user"
+        return role
+
+
+def install_access_control(app: FastAPI, settings: AccessSettings, delegated: tuple[str, ...] = ()) -> None:
+    """Add the key check, CORS and the origin guard to `app` (see the module docstring). The key
+    check passes paths under a `delegated` prefix: the app mounted there checks keys itself."""
     settings = settings.with_env_keys()
     if settings.api_keys or settings.admin_keys:
-        app.add_middleware(_KeyCheck, users=settings.api_keys, admins=settings.admin_keys)
+        app.add_middleware(_KeyCheck, users=settings.api_keys, admins=settings.admin_keys, delegated=delegated)
     if settings.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_allow_origins),
                            allow_methods=list(CORS_METHODS), allow_headers=list(CORS_HEADERS))
@@ -153,23 +179,16 @@ class _KeyCheck:
     on the voice upload and delete routes once admin keys exist. (Plain ASGI, so streamed responses
     and their cancellation pass untouched.)"""
 
-    def __init__(self, app: ASGIApp, users: frozenset[str], admins: frozenset[str]):
+    def __init__(self, app: ASGIApp, users: frozenset[str], admins: frozenset[str], delegated: tuple[str, ...] = ()):
         self.app = app
-        # Bytes, as the header arrives; a key in both sets is an admin key.
-        self.keys = [(k.encode(), k in admins) for k in sorted(users | admins)]
-        self.admin_only = bool(admins)
-
-    def _role(self, token: bytes) -> Optional[str]:
-        """'admin', 'user' or None; every key is compared, in constant time, whatever matches."""
-        role = None
-        for key, is_admin in self.keys:
-            if hmac.compare_digest(token, key):
-                role = "admin" if is_admin else "user"
-        return role
+        self.keys = KeyRing(users, admins)
+        self.admin_only = self.keys.admin_only
+        self.delegated = delegated
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _route_path(scope) if scope["type"] == "http" else ""
-        if scope["type"] != "http" or path in OPEN_PATHS:
+        if scope["type"] != "http" or path in OPEN_PATHS or \
+                any(path == p or path.startswith(p + "/") for p in self.delegated):
             await self.app(scope, receive, send)
             return
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
@@ -177,7 +196,7 @@ class _KeyCheck:
             await _refuse(scope, receive, send, 401, "missing API key: send 'Authorization: Bearer <key>'",
                           "invalid_api_key", {"WWW-Authenticate": "Bearer"})
             return
-        role = self._role(token.strip().encode("latin-1"))
+        role = self.keys.role(token.strip().encode("latin-1"))
         if role is None:
             await _refuse(scope, receive, send, 401, "incorrect API key", "invalid_api_key",
                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
