@@ -70,8 +70,8 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
     vocoder = Vocoder.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.vocoder_num_gpus if gpu else 0},
                               **extra.get("Vocoder", {})).bind(make_vocoder)
     return Ingress.options(ray_actor_options={"num_cpus": cpus}, **extra.get("Ingress", {})).bind(
-        frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead, access, args.request_timeout_s,
-        args.ui)
+        frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead, access,
+        request_timeout_s=args.request_timeout_s, ui=args.ui)
 
 
 def _is_local_path(model_dir: str) -> bool:

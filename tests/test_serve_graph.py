@@ -301,7 +301,7 @@ def test_build_app_without_a_config_file_has_the_config_files_limits(tiny_dir):
         for key in ("max_ongoing_requests", "max_queued_requests"):
             assert getattr(bound[d["name"]], key) == d.get(key, -1), (d["name"], key)    # -1: no bound
     ingress = bound["Ingress"]
-    assert ingress.init_args[-1] == config["http_options"]["request_timeout_s"]      # held by the ingress
+    assert ingress.init_kwargs["request_timeout_s"] == config["http_options"]["request_timeout_s"]   # held by the ingress
     assert ingress._deployment_config.backpressure_config.retry_after_s == RETRY_AFTER_S
 
 
