@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
+import click
+from pydantic import ValidationError
 from ray.serve import Application
 
 from indextts.checkpoint import CheckpointInfo
@@ -27,10 +29,19 @@ from serve_app.vocoder import Vocoder
 logger = logging.getLogger(__name__)
 
 
-def build_app(args: AppArgs) -> Application:
-    """The application for `serve run` / `serve deploy` (Serve validates `args` into AppArgs)."""
+class AppArgsError(click.ClickException, ValueError):
+    """Arguments `build_app` cannot take; a `ClickException` so that `serve run` prints it as one
+    line (`Error: ...`) instead of a traceback."""
+
+
+def build_app(args: Union[AppArgs, dict]) -> Application:
+    """The application for `serve run` / `serve deploy`: `args` are validated here (not by Serve,
+    whose validation error would print as a traceback) into `AppArgs`."""
     if not isinstance(args, AppArgs):
-        args = AppArgs.model_validate(args)
+        try:
+            args = AppArgs.model_validate(args)
+        except ValidationError as e:
+            raise AppArgsError(_one_line(e)) from None
     limit = args.max_tokens_per_segment
     if args.check_model_dir and _is_local_path(args.model_dir):
         # Fail at deploy time with the checkpoint's problem, not later in every replica. (A hub id
@@ -72,6 +83,18 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
     return Ingress.options(ray_actor_options={"num_cpus": cpus}, **extra.get("Ingress", {})).bind(
         frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead, access,
         request_timeout_s=args.request_timeout_s, ui=args.ui)
+
+
+def _one_line(error: ValidationError) -> str:
+    """pydantic's errors of `AppArgs` as one line: each argument and what is wrong with it."""
+    problems = []
+    for item in error.errors():
+        name = ".".join(str(p) for p in item["loc"]) or "arguments"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{name}: unknown argument")
+        else:
+            problems.append(f"{name}: {item['msg']}")
+    return f"build_app: {'; '.join(problems)} (arguments: {', '.join(AppArgs.model_fields)})"
 
 
 def _is_local_path(model_dir: str) -> bool:

@@ -321,6 +321,16 @@ def test_build_app_rejects_bad_args(args, problem):
         build_app(args)
 
 
+def test_a_mistyped_serve_run_argument_is_one_line_not_a_traceback(tiny_dir):
+    serve_cli = Path(sys.executable).parent / "serve"
+    done = subprocess.run([str(serve_cli), "run", "serve_app.app:build_app", f"model_dir={tiny_dir}", "devcie=cpu",
+                           "gpu_memory_utilization=2"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode != 0 and "Traceback" not in done.stdout + done.stderr
+    (line,) = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.startswith("Error:")]
+    assert "devcie: unknown argument" in line and "gpu_memory_utilization:" in line
+
+
 def test_chunk_schedule_and_lookahead_reach_the_stages():
     """`serve run ... chunk_schedule=8,16 vocoder_lookahead=12` strings become the library's options;
     the default is the library's streaming schedule with the exact (receptive-field) lookahead."""
