@@ -117,7 +117,8 @@ def snippets(body: dict, base_url: str, with_key: bool) -> tuple[str, str]:
     if extra:
         args += f"    extra_body={extra!r},\n"
     key = 'os.environ["OPENAI_API_KEY"]' if with_key else '"unused"'
-    python = (f"import os\nfrom openai import OpenAI\n\nclient = OpenAI(base_url={base_url + '/v1'!r}, api_key={key})\n"
+    imports = "import os\n" if with_key else ""
+    python = (f"{imports}from openai import OpenAI\n\nclient = OpenAI(base_url={base_url + '/v1'!r}, api_key={key})\n"
               f"with client.audio.speech.with_streaming_response.create(\n{args}) as response:\n"
               f"    response.stream_to_file({out!r})\n")
     return curl, python
