@@ -73,12 +73,12 @@ def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make
                                max_tokens_per_segment_limit=max_tokens_limit or args.max_tokens_per_segment,
                                max_upload_files=args.max_upload_files,
                                max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    gpu, cpus = args.on_gpu, args.num_cpus
+    cpus = args.num_cpus
     extra = overrides or {}
     frontend = Frontend.options(ray_actor_options={"num_cpus": cpus}, **extra.get("Frontend", {})).bind(make_frontend)
-    gpt = GPT.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.gpt_num_gpus if gpu else 0},
+    gpt = GPT.options(ray_actor_options=args.accelerator_options(args.gpt_num_gpus),
                       **extra.get("GPT", {})).bind(make_gpt)
-    vocoder = Vocoder.options(ray_actor_options={"num_cpus": cpus, "num_gpus": args.vocoder_num_gpus if gpu else 0},
+    vocoder = Vocoder.options(ray_actor_options=args.accelerator_options(args.vocoder_num_gpus),
                               **extra.get("Vocoder", {})).bind(make_vocoder)
     return Ingress.options(ray_actor_options={"num_cpus": cpus}, **extra.get("Ingress", {})).bind(
         frontend, gpt, vocoder, str(voices_dir), settings, args.segment_lookahead, access,

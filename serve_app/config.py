@@ -47,6 +47,11 @@ class AppArgs(BaseModel):
     voice_cache_size: int = Field(64, ge=1, description="voices whose conditioning each replica keeps")
     gpt_num_gpus: float = Field(0.5, ge=0.0, le=8.0, description="GPU share of a GPT replica (cuda)")
     vocoder_num_gpus: float = Field(0.25, ge=0.0, le=8.0, description="GPU share of a vocoder replica (cuda)")
+    accelerator_resource: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="a custom Ray resource the GPT and vocoder replicas also ask for (gpt_num_gpus / "
+                    "vocoder_num_gpus of it): places them on the nodes that declare it, e.g. "
+                    "`ray start --resources='{\"tts_accel\": 1}'` on GPU nodes, or CPU nodes in tests")
     replica_num_cpus: Optional[float] = Field(None, ge=0.0, le=64.0,
                                               description="CPUs each replica reserves; default 1 with "
                                                           "device=cuda, 0.25 with device=cpu (so the whole "
@@ -136,6 +141,14 @@ class AppArgs(BaseModel):
             users, admins = users | file_users, admins | file_admins
         return AccessSettings(api_keys=users, admin_keys=admins, cors_allow_origins=self.cors_allow_origins,
                               api_keys_env=self.api_keys_env)
+
+    def accelerator_options(self, share: float) -> dict:
+        """The `ray_actor_options` of a GPU stage's replica: its GPU share on cuda, and its share of
+        `accelerator_resource` when one is named."""
+        options: dict = {"num_cpus": self.num_cpus, "num_gpus": share if self.on_gpu else 0}
+        if self.accelerator_resource:
+            options["resources"] = {self.accelerator_resource: share}
+        return options
 
     def stage_options(self):
         """The library's `StageOptions` for these arguments."""

@@ -331,6 +331,18 @@ def test_a_mistyped_serve_run_argument_is_one_line_not_a_traceback(tiny_dir):
     assert "devcie: unknown argument" in line and "gpu_memory_utilization:" in line
 
 
+def test_accelerator_resource_goes_to_the_gpu_stages_only():
+    args = AppArgs(model_dir="x", device="cpu", accelerator_resource="tts_accel", gpt_num_gpus=0.5)
+    assert args.accelerator_options(0.5) == {"num_cpus": 0.25, "num_gpus": 0, "resources": {"tts_accel": 0.5}}
+    assert "resources" not in AppArgs(model_dir="x").accelerator_options(0.5)
+    bound = {d.name: d.ray_actor_options for d in _deployments(build_graph(
+        args.model_copy(update={"check_model_dir": False}), FakeFrontend, FakeGPT, FakeVocoder))}
+    assert bound["GPT"]["resources"] == {"tts_accel": 0.5} and bound["Vocoder"]["resources"] == {"tts_accel": 0.25}
+    assert not bound["Frontend"].get("resources") and not bound["Ingress"].get("resources")
+    with pytest.raises(ValueError, match="accelerator_resource"):
+        AppArgs(model_dir="x", accelerator_resource="bad name")
+
+
 def test_chunk_schedule_and_lookahead_reach_the_stages():
     """`serve run ... chunk_schedule=8,16 vocoder_lookahead=12` strings become the library's options;
     the default is the library's streaming schedule with the exact (receptive-field) lookahead."""
