@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
-from typing import AsyncIterator, Optional, Union
+from typing import AsyncIterator, Optional
 
 import torch
 
@@ -24,7 +24,7 @@ from indextts.errors import IncompleteSegmentError
 from indextts.scheduling import FIRST_AUDIO_LEAD_S, cpu_gate
 from indextts.stages.base import FrontendStage, GPTStage, VocoderStage
 from indextts.text.frontend import check_speakable
-from indextts.types import AudioChunk, ChunkSchedule, CodeChunk, SamplingOptions, Segment, VoiceSpec
+from indextts.types import AudioChunk, ChunkSchedule, SamplingOptions, Segment, VoiceSpec
 from indextts.vocoder.streaming import WindowCutter
 
 logger = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS_PER_SEGMENT = 120
 SECONDS_PER_TEXT_TOKEN = 0.2     # a rough speech duration per BPE token, for segment deadlines only
 LENGTH_BIAS = 0.1                # first audio of a request is due this much later per second of its audio
-
-_Item = Union[tuple[CodeChunk, torch.Tensor, int], BaseException, None]
-
 
 class Synthesizer:
     """Runs frontend -> GPT -> vocoder for one utterance, streaming audio per chunk."""

@@ -206,3 +206,17 @@ def vllm_sdk(request, tiny_dir):
 def sdk(tiny_app):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=f"{tiny_app[0]}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+async def leave_stream(gen, how: str, settle_s: float = 0.0) -> None:
+    """Leave an async chunk stream mid-way as a consumer does: close it ("aclose"/"close"), or
+    cancel the task waiting for its next chunk ("cancel", after `settle_s`)."""
+    import asyncio
+    if how in ("aclose", "close"):
+        await gen.aclose()
+        return
+    task = asyncio.ensure_future(gen.__anext__())
+    await asyncio.sleep(settle_s)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -17,7 +17,7 @@ from indextts.stages.conditioning import VoiceConditioner
 from indextts.stages.gpt_torch import TorchEngine, TorchGPTStage
 from indextts.types import ChunkSchedule, SamplingOptions, Segment, VoiceSpec
 
-from conftest import TINY, check_layout
+from conftest import TINY, check_layout, leave_stream
 
 STOP = 8193
 ATOL = 1e-4            # latents, as tests/golden/README.md recommends (and test_gpt.py uses)
@@ -193,14 +193,7 @@ def test_leaving_mid_segment_stops_the_worker(engine, cond, counted_codes, how):
                               schedule=ChunkSchedule((4, 40)))     # a second chunk comes much later
         first = await gen.__anext__()
         assert first.start == 0 and not first.final
-        if how == "aclose":
-            await gen.aclose()
-        else:
-            second = asyncio.ensure_future(gen.__anext__())
-            await asyncio.sleep(0.02)
-            second.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await second
+        await leave_stream(gen, how, settle_s=0.02)
         left = len(counted_codes)                   # the generator returns only once the worker has stopped
         await asyncio.sleep(0.1)
         return left

@@ -15,7 +15,7 @@ pytest.importorskip("vllm")
 from indextts.types import ChunkSchedule, SamplingOptions, Segment  # noqa: E402
 from vllm_support import LATENT_ATOL, RUNS, greedy  # noqa: E402
 
-from conftest import check_layout  # noqa: E402
+from conftest import check_layout, leave_stream  # noqa: E402
 
 SCHEDULES = [ChunkSchedule((1,)), ChunkSchedule((5, 17)), ChunkSchedule.streaming()]
 
@@ -93,14 +93,7 @@ def test_leaving_mid_segment_aborts_the_request_and_frees_its_latent_stream(engi
         gen = engine.generate(cond, sentences[0], long, ignore_stop=True, schedule=ChunkSchedule((4,)))
         first = [await gen.__anext__(), await gen.__anext__()]
         assert engine.num_running_requests() >= 1 and await engine.open_latent_streams() == 1
-        if how == "close":
-            await gen.aclose()
-        else:
-            task = asyncio.ensure_future(gen.__anext__())
-            await asyncio.sleep(0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        await leave_stream(gen, how)
         return first, steps
 
     first, steps = loop.run(leave_after_two_chunks())

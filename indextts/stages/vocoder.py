@@ -65,7 +65,8 @@ class BigVGANStage(VocoderStage):
         # Up to max_batch waiting windows per call, the most urgent first (their deadlines); on a
         # CPU few per call, so that an urgent window never waits behind a long call.
         on_cpu = next(model.parameters()).device.type == "cpu"
-        self._queue = BatchQueue(self._vocode_items, max_batch=min(max_batch, CPU_CALL_WINDOWS) if on_cpu else max_batch)
+        self._queue = BatchQueue(self._vocode_items,
+                                 max_batch=min(max_batch, CPU_CALL_WINDOWS) if on_cpu else max_batch)
 
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, options) -> "BigVGANStage":
