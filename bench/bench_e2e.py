@@ -41,11 +41,12 @@ async def one_request(tts, text: str, voice, options, max_tokens: int, schedule=
     return stream_row(arrivals, durations)
 
 
-async def run_level(tts, level: int, text: str, voice, options, max_tokens: int, schedule=None) -> dict:
+async def run_level(tts, level: int, text: str, voice, options, max_tokens: int, schedule=None) -> tuple[float, list]:
+    """(wall seconds, per-request rows) of `level` concurrent requests."""
     start = time.perf_counter()
     rows = await asyncio.gather(*(one_request(tts, text, voice, options[i % len(options)], max_tokens, schedule)
                                   for i in range(level)))
-    return level_summary(level, time.perf_counter() - start, rows)
+    return time.perf_counter() - start, rows
 
 
 def main() -> int:
@@ -56,6 +57,10 @@ def main() -> int:
     p.add_argument("--max-num-seqs", type=int, default=512)
     p.add_argument("--length-jitter", type=float, default=0.2,
                    help="requests' segment lengths spread over +-this share of --segment-codes (0: all equal)")
+    p.add_argument("--ab-schedules", nargs="+", default=None, metavar="SCHEDULE",
+                   help="compare chunk schedules on one engine (e.g. default whole): every level runs once per "
+                        "schedule, interleaved, --repeats times; rows carry their schedule")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each level (per schedule), rows pooled")
     p.add_argument("--mixed-length-batches", action="store_true",
                    help="let the vocoder batch segments of different lengths (see VocoderEngineStage)")
     args = p.parse_args()
@@ -74,6 +79,10 @@ def main() -> int:
     tts.vocoder.mixed_length_batches = args.mixed_length_batches
     tts.vocoder.lookahead = args.vocoder_lookahead
     schedule = ChunkSchedule.parse(args.chunk_schedule) if args.chunk_schedule else None
+    default = tts.gpt.engine.schedule
+    # (label, schedule) pairs; 'default' is the engine's own schedule
+    schedules = [(name, default if name == "default" else ChunkSchedule.parse(name))
+                 for name in (args.ab_schedules or [args.chunk_schedule or "default"])]
     voice = tts.voice(args.voice)
     text = " ".join([SENTENCE] * args.segments)
     # Real segments differ in length, which decides how the vocoder can batch them: requests cycle
@@ -83,7 +92,8 @@ def main() -> int:
     options = [SamplingOptions(max_codes=n, seed=0) for n in spread]
     max_tokens = tts.info.config.gpt.max_text_tokens
     segment_tokens = len(tts.frontend.process_sync(SENTENCE, max_tokens).ids)
-    tts.run(run_level(tts, 2, text, voice, options, segment_tokens, schedule))   # warm-up (compiles, caches voice)
+    for _, sched in schedules:    # warm-up (compiles, caches voice)
+        tts.run(run_level(tts, 2, text, voice, options, segment_tokens, sched))
     results = {"engine": args.engine, "device": args.device, "dtype": str(tts.vocoder.dtype),
                "startup_s": startup, "segments_per_request": args.segments,
                "vocoder_mixed_length_batches": args.mixed_length_batches,
@@ -94,9 +104,18 @@ def main() -> int:
     if args.device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name(0)
     for level in args.levels:
-        row = tts.run(run_level(tts, level, text, voice, options, segment_tokens, schedule))
-        print(json.dumps(row), flush=True)
-        results["levels"].append(row)
+        pooled: dict[str, list[tuple[float, list]]] = {name: [] for name, _ in schedules}
+        for _ in range(args.repeats):
+            for name, sched in schedules:
+                pooled[name].append(tts.run(run_level(tts, level, text, voice, options, segment_tokens, sched)))
+        for name, sched in schedules:
+            runs = pooled[name]      # repeats pooled: walls added, requests together
+            row = level_summary(level, sum(w for w, _ in runs), [req for _, reqs in runs for req in reqs])
+            row["repeats"] = len(runs)
+            if args.ab_schedules:
+                row["chunk_schedule"] = str(sched)
+            print(json.dumps(row), flush=True)
+            results["levels"].append(row)
         write_json(args.out, results)
     tts.close()
     return 0

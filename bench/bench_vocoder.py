@@ -21,6 +21,31 @@ from indextts.audio import SAMPLE_RATE
 HOP = 1024
 
 
+def time_graph(model, lat, spk, repeats: int) -> dict:
+    """One (batch, length) case as a captured graph: host-to-host time of a replay and its
+    largest difference from the eager padded-batch call (the same computation)."""
+    import torch
+
+    from indextts.vocoder.graphs import VocoderGraphs
+
+    b, n = lat.shape[:2]
+    graphs = VocoderGraphs(model, [b], [n])
+    started = time.perf_counter()
+    graphs.capture()
+    capture = time.perf_counter() - started
+    items, speaker = list(lat), spk.expand(b, -1, -1)
+    times = []
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        out = graphs.run(items, speaker)
+        times.append(time.perf_counter() - t0)
+    g = statistics.median(times[2:])
+    with torch.no_grad():
+        eager = model(lat, speaker, torch.full((b,), n, device=lat.device))[:, 0].float().cpu()
+    return {"graph_call_s": g, "graph_audio_s_per_s": b * n * HOP / SAMPLE_RATE / g, "graph_capture_s": capture,
+            "graph_max_abs_diff": (out - eager).abs().max().item()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True)
@@ -30,6 +55,9 @@ def main() -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--graphs", action="store_true",
+                   help="also time each case replayed as a CUDA graph (indextts.vocoder.graphs, latents in and "
+                        "samples out on the host included) and its largest difference from the eager call")
     p.add_argument("--device", default="cuda")
     args = p.parse_args()
 
@@ -63,6 +91,8 @@ def main() -> int:
                 g = statistics.median(gpu)
                 row = {"dtype": name, "codes": n, "batch": b, "call_s": g, "launch_s": statistics.median(host),
                        "audio_s_per_s": b * n * HOP / SAMPLE_RATE / g}
+                if args.graphs:
+                    row.update(time_graph(model, lat, spk, args.repeats))
                 print(row, flush=True)
                 results["cases"].append(row)
                 write_json(args.out, results)

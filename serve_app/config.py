@@ -61,6 +61,9 @@ class AppArgs(BaseModel):
     vocoder_mixed_length_batches: bool = Field(
         False, description="batch segments of different lengths (right-padded, per-item lengths): "
         "more batching under load, equal to unbatched output up to float rounding (~1e-6), not bit for bit")
+    vocoder_cuda_graphs: bool = Field(True, description="on CUDA, BigVGAN calls replay CUDA graphs captured at "
+                                      "replica start per (batch, window length) bucket (small calls are otherwise "
+                                      "bound by kernel launches)")
     chunk_schedule: str = Field(str(ChunkSchedule.streaming()),
                                 description="codes per GPT chunk, comma-separated, the last repeating "
                                             "(small first: early first audio), or 'whole' (one chunk per segment)")
@@ -164,6 +167,7 @@ class AppArgs(BaseModel):
                             engine_kwargs=engine_kwargs, text_cache_dir=self.text_cache_dir,
                             voice_cache_size=self.voice_cache_size, vocoder_max_batch=self.vocoder_max_batch_size,
                             vocoder_mixed_length_batches=self.vocoder_mixed_length_batches,
+                            vocoder_cuda_graphs=self.vocoder_cuda_graphs,
                             chunk_schedule=ChunkSchedule.parse(self.chunk_schedule),
                             vocoder_lookahead=self.vocoder_lookahead)
 

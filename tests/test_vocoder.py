@@ -280,3 +280,73 @@ def test_waveform_matches_golden_on_cuda_with_the_fused_activation(tiny_info, ex
 def test_padded_batch_on_cuda_equals_each_item_alone(tiny_info):
     errors = _padded_vs_single(load_vocoder(tiny_info, "cuda", torch.float32), "cuda")
     assert max(errors) < 1e-4, errors
+
+
+# --- CUDA graphs (indextts.vocoder.graphs) --------------------------------------------------------
+
+def test_graph_buckets_cover_the_schedule_windows_without_padding():
+    from indextts.vocoder.graphs import frame_buckets, window_lengths
+    # first chunk: no left context; later chunks: context + chunk + lookahead
+    assert window_lengths((40, 24, 48, 96), 34, 34) == [74, 92, 116, 164]
+    assert window_lengths((16,), 34, 34) == [50, 84]
+    buckets = frame_buckets([74, 92, 116, 164], 32, 256)
+    assert buckets == [32, 64, 74, 92, 96, 116, 128, 160, 164, 192, 224, 256]
+
+
+def test_graph_bucket_is_the_smallest_that_holds_a_call(vocoder):
+    from indextts.vocoder.graphs import VocoderGraphs
+    graphs = VocoderGraphs(vocoder, [1, 2, 4, 8], [32, 74, 92])
+    assert graphs.bucket(1, 74) == (1, 74)
+    assert graphs.bucket(3, 75) == (4, 92)
+    assert graphs.bucket(8, 1) == (8, 32)
+    assert graphs.bucket(9, 10) is None and graphs.bucket(1, 93) is None
+    with pytest.raises(KeyError, match="no captured graph"):      # nothing captured on a CPU
+        graphs.run([torch.zeros(10, vocoder.cfg.gpt_dim)], torch.zeros(1, 1, vocoder.cfg.speaker_embedding_dim))
+
+
+def test_windows_of_one_graph_bucket_share_a_call(tiny_info):
+    """With graphs, windows whose lengths fall in one frame bucket go in one call (padded), longer
+    ones than the largest bucket keep the equal-length rule."""
+    from indextts.stages.vocoder import BigVGANStage
+    from indextts.vocoder.graphs import VocoderGraphs
+    stage = BigVGANStage(load_vocoder(tiny_info, "cpu", torch.float32), max_batch=4)
+    try:
+        lats = [torch.zeros(n, 8) for n in (70, 74, 80, 92, 92, 92, 92, 92, 300, 301)]
+        assert stage._groups(lats) == [[0], [1], [2], [3, 4, 5, 6], [7], [8], [9]]    # no graphs: equal lengths
+        stage.graphs = VocoderGraphs(stage.model, [1, 2, 4], [74, 92])
+        assert stage._groups(lats) == [[0, 1], [2, 3, 4, 5], [6, 7], [8], [9]]
+        lats[1] = torch.zeros(73, 8)
+        assert stage._groups(lats)[0] == [0, 1]
+        stage.graphs = None
+        assert stage._groups(lats)[:2] == [[0], [1]]
+        with pytest.raises(Exception, match="CUDA graphs need a CUDA device"):
+            stage.capture_graphs((40, 24))
+    finally:
+        stage.close()
+
+
+@pytest.mark.gpu
+def test_graphed_vocoder_equals_eager_on_cuda(tiny_info):
+    """Replays give what the eager padded call gives, and each item what it gives alone (fp32)."""
+    from indextts.stages.vocoder import BigVGANStage
+    from indextts.vocoder.graphs import VocoderGraphs
+    model = load_vocoder(tiny_info, "cuda", torch.float32)
+    graphs = VocoderGraphs(model, [1, 4], [16, 32])
+    graphs.capture()
+    assert graphs.captured == 4
+    torch.manual_seed(0)
+    lens = [7, 13, 20]
+    lat = [torch.randn(n, model.cfg.gpt_dim) for n in lens]
+    spk = torch.randn(len(lens), 1, model.cfg.speaker_embedding_dim, device="cuda")
+    out = graphs.run(lat, spk)
+    assert out.shape == (3, 20 * model.hop_length)
+    with torch.inference_mode():
+        for i, n in enumerate(lens):
+            alone = model(lat[i][None].cuda(), spk[i:i + 1])[0, 0].cpu()
+            assert _max_err(out[i, :n * model.hop_length], alone) < 1e-4
+    stage = BigVGANStage(model, max_batch=4)
+    try:
+        stage.capture_graphs((8, 4))
+        assert stage.graphs.captured == 3 * len(stage.graphs.frames)     # batches 1, 2, 4
+    finally:
+        stage.close()

@@ -80,7 +80,8 @@ class StageOptions:
     """How to build the stages. `dtype` None: bfloat16 on GPUs, float32 on the CPU.
     `engine_kwargs` go to the vLLM engine (`VLLMEngine.create`, e.g. `max_num_seqs`).
     `chunk_schedule`: how the GPT stage cuts segments into chunks (a call may pass its own);
-    `vocoder_lookahead`: latent frames the vocoder waits for past the frames it emits."""
+    `vocoder_lookahead`: latent frames the vocoder waits for past the frames it emits;
+    `vocoder_cuda_graphs`: on CUDA, capture BigVGAN per (batch, window length) bucket at start."""
 
     device: Union[str, torch.device] = "cpu"
     dtype: Optional[torch.dtype] = None
@@ -94,6 +95,7 @@ class StageOptions:
     vocoder_mixed_length_batches: bool = False
     chunk_schedule: ChunkSchedule = ChunkSchedule.streaming()
     vocoder_lookahead: Optional[int] = None     # frames; None: the receptive field's (exact)
+    vocoder_cuda_graphs: bool = True            # on CUDA: BigVGAN calls replay graphs captured at start
 
     def __post_init__(self):
         if self.engine not in ENGINES:

@@ -17,6 +17,8 @@ from indextts.scheduling import cpu_gate
 from indextts.stages.base import VocoderStage
 from indextts.stages.conditioning import KeyedCache, voice_mels, weights_or_uniform
 from indextts.types import LatentWindow, VoiceSpec
+from indextts.vocoder import fused
+from indextts.vocoder.graphs import VocoderGraphs, frame_buckets, window_lengths
 from indextts.vocoder.streaming import receptive_field_of
 
 # Mixed-length vocoder batches: the longest item at most this many times the shortest, plus a
@@ -24,6 +26,10 @@ from indextts.vocoder.streaming import receptive_field_of
 MIXED_LENGTH_RATIO = 1.5
 MIXED_LENGTH_SLACK = 16
 CPU_CALL_WINDOWS = 2      # windows per BigVGAN call on a CPU (each call holds the cores while it runs)
+# CUDA-graph frame buckets besides the chunk schedule's windows: every GRAPH_FRAME_STEP frames up to
+# GRAPH_MAX_FRAMES (~11 s; whole segments beyond that run eager)
+GRAPH_FRAME_STEP = 32
+GRAPH_MAX_FRAMES = 256
 
 
 def _due(window: LatentWindow) -> float:
@@ -45,11 +51,15 @@ class BigVGANStage(VocoderStage):
     the last float bit (at most one int16 step after conversion). With `mixed_length_batches`,
     items of different lengths share a call too, right-padded with per-item lengths
     (`BigVGAN.forward(..., lengths)`): equal to the unbatched result up to float rounding, but
-    a different computation from the unpadded one, hence opt-in."""
+    a different computation from the unpadded one, hence opt-in.
+
+    `graphs` (CUDA only, `capture_graphs()`): calls replay CUDA graphs captured per (batch, frame)
+    bucket (`indextts.vocoder.graphs`); windows of different lengths then share a call within a
+    bucket (right-padded with per-item lengths, as `mixed_length_batches`)."""
 
     def __init__(self, model, limits: ReferenceLimits = ReferenceLimits(), cache_size: int = 64,
                  max_workers: int = 2, max_batch: int = 32, mixed_length_batches: bool = False,
-                 lookahead: Optional[int] = None):
+                 lookahead: Optional[int] = None, graphs: Optional[VocoderGraphs] = None):
         if max_batch < 1:
             raise OptionsError(f"max_batch must be at least 1, got {max_batch}")
         if lookahead is not None and lookahead < 0:
@@ -60,6 +70,7 @@ class BigVGANStage(VocoderStage):
         self.limits = limits
         self.max_batch = max_batch
         self.mixed_length_batches = mixed_length_batches
+        self.graphs = graphs
         self._voices = KeyedCache(cache_size)
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vocoder")
         # Up to max_batch waiting windows per call, the most urgent first (their deadlines); on a
@@ -71,9 +82,26 @@ class BigVGANStage(VocoderStage):
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, options) -> "BigVGANStage":
         model = load_vocoder(info, options.torch_device, options.vocoder_dtype)
-        return cls(model, options.reference_limits, options.voice_cache_size,
-                   max_batch=options.vocoder_max_batch, mixed_length_batches=options.vocoder_mixed_length_batches,
-                   lookahead=options.vocoder_lookahead)
+        stage = cls(model, options.reference_limits, options.voice_cache_size,
+                    max_batch=options.vocoder_max_batch, mixed_length_batches=options.vocoder_mixed_length_batches,
+                    lookahead=options.vocoder_lookahead)
+        if options.vocoder_cuda_graphs and stage.device.type == "cuda":
+            stage.capture_graphs(options.chunk_schedule.sizes or ())
+        return stage
+
+    def capture_graphs(self, chunk_sizes: Sequence[int]) -> None:
+        """Capture CUDA graphs for batches of 1, 2, 4, ... up to `max_batch` windows and the frame
+        buckets: the windows `chunk_sizes` give (no padding) and every GRAPH_FRAME_STEP frames up to
+        GRAPH_MAX_FRAMES. Needs the fused activation (the eager fallback's per-item loop reads
+        lengths on the host, which a graph cannot)."""
+        if not fused.available(next(self.model.parameters())):
+            raise OptionsError("vocoder CUDA graphs need a CUDA device and Triton (the fused activation)")
+        context, lookahead = self.reach.context, self.reach.lookahead if self.lookahead is None else self.lookahead
+        exact = window_lengths(chunk_sizes, context, lookahead) if chunk_sizes else []
+        batches = [2 ** k for k in range(self.max_batch.bit_length()) if 2 ** k < self.max_batch] + [self.max_batch]
+        graphs = VocoderGraphs(self.model, batches, frame_buckets(exact, GRAPH_FRAME_STEP, GRAPH_MAX_FRAMES))
+        graphs.capture()
+        self.graphs = graphs
 
     @property
     def device(self) -> torch.device:
@@ -97,18 +125,26 @@ class BigVGANStage(VocoderStage):
         """Indices of the non-empty items, grouped into BigVGAN calls of at most `max_batch`.
         Equal lengths only, unless `mixed_length_batches`: then lengths sorted, and a call's
         longest item at most `MIXED_LENGTH_RATIO` x its shortest + `MIXED_LENGTH_SLACK` frames,
-        which bounds the padding."""
+        which bounds the padding. With graphs, items of one frame bucket share a call."""
         order = sorted((i for i, lat in enumerate(latents) if lat.shape[0] > 0), key=lambda i: latents[i].shape[0])
         groups: list[list[int]] = []
         for i in order:
             n = latents[i].shape[0]
             if groups and len(groups[-1]) < self.max_batch:
                 first = latents[groups[-1][0]].shape[0]
-                if n == first or (self.mixed_length_batches and n <= MIXED_LENGTH_RATIO * first + MIXED_LENGTH_SLACK):
+                if n == first or (self.mixed_length_batches and n <= MIXED_LENGTH_RATIO * first + MIXED_LENGTH_SLACK) \
+                        or self._same_graph(first, n):
                     groups[-1].append(i)
                     continue
             groups.append([i])
         return groups
+
+    def _same_graph(self, first: int, n: int) -> bool:
+        """Whether windows of `first` and `n` frames fall in one captured frame bucket."""
+        if self.graphs is None:
+            return False
+        a, b = self.graphs.bucket(1, first), self.graphs.bucket(1, n)
+        return a is not None and a == b
 
     @torch.no_grad()
     def vocode_batch_sync(self, voices: Sequence[VoiceSpec],
@@ -122,10 +158,13 @@ class BigVGANStage(VocoderStage):
         for idx in self._groups(latents):
             lengths = [latents[i].shape[0] for i in idx]
             spk = torch.cat([self.speaker_embedding(voices[i]) for i in idx])               # [B, 1, S]
-            lat = torch.nn.utils.rnn.pad_sequence([latents[i] for i in idx], batch_first=True)  # right-padded
-            lat = lat.to(self.device, self.dtype)                                            # [B, n_max, D]
-            padded = len(set(lengths)) > 1
-            wav = self.model(lat, spk, torch.tensor(lengths) if padded else None)[:, 0].float().cpu()
+            if self.graphs is not None and self.graphs.bucket(len(idx), max(lengths)) is not None:
+                wav = self.graphs.run([latents[i] for i in idx], spk)
+            else:
+                lat = torch.nn.utils.rnn.pad_sequence([latents[i] for i in idx], batch_first=True)  # right-padded
+                lat = lat.to(self.device, self.dtype)                                            # [B, n_max, D]
+                padded = len(set(lengths)) > 1
+                wav = self.model(lat, spk, torch.tensor(lengths) if padded else None)[:, 0].float().cpu()
             for row, i in enumerate(idx):
                 w = windows[i]   # its own storage, not a view of the batch
                 out[i] = wav[row, w.left * hop:(w.left + w.emit) * hop].clone()
