@@ -58,8 +58,9 @@ def main() -> int:
     p.add_argument("--length-jitter", type=float, default=0.2,
                    help="requests' segment lengths spread over +-this share of --segment-codes (0: all equal)")
     p.add_argument("--ab-schedules", nargs="+", default=None, metavar="SCHEDULE",
-                   help="compare chunk schedules on one engine (e.g. default whole): every level runs once per "
-                        "schedule, interleaved, --repeats times; rows carry their schedule")
+                   help="compare chunk schedules on one engine (e.g. default whole 8,16:eager): every level runs "
+                        "once per schedule, interleaved, --repeats times; rows carry their schedule; ':eager' "
+                        "runs that arm with the vocoder's CUDA graphs off")
     p.add_argument("--repeats", type=int, default=1, help="runs of each level (per schedule), rows pooled")
     p.add_argument("--mixed-length-batches", action="store_true",
                    help="let the vocoder batch segments of different lengths (see VocoderEngineStage)")
@@ -81,8 +82,14 @@ def main() -> int:
     schedule = ChunkSchedule.parse(args.chunk_schedule) if args.chunk_schedule else None
     default = tts.gpt.engine.schedule
     # (label, schedule) pairs; 'default' is the engine's own schedule
-    schedules = [(name, default if name == "default" else ChunkSchedule.parse(name))
-                 for name in (args.ab_schedules or [args.chunk_schedule or "default"])]
+    arms = args.ab_schedules or [args.chunk_schedule or "default"]
+    schedules = [(arm, default if arm.split(":")[0] == "default" else ChunkSchedule.parse(arm.split(":")[0]))
+                 for arm in arms]
+    graphs = tts.vocoder.graphs
+
+    def arm_run(level: int, name: str, sched) -> tuple[float, list]:
+        tts.vocoder.graphs = None if name.endswith(":eager") else graphs
+        return tts.run(run_level(tts, level, text, voice, options, segment_tokens, sched))
     voice = tts.voice(args.voice)
     text = " ".join([SENTENCE] * args.segments)
     # Real segments differ in length, which decides how the vocoder can batch them: requests cycle
@@ -92,10 +99,11 @@ def main() -> int:
     options = [SamplingOptions(max_codes=n, seed=0) for n in spread]
     max_tokens = tts.info.config.gpt.max_text_tokens
     segment_tokens = len(tts.frontend.process_sync(SENTENCE, max_tokens).ids)
-    for _, sched in schedules:    # warm-up (compiles, caches voice)
-        tts.run(run_level(tts, 2, text, voice, options, segment_tokens, sched))
+    for name, sched in schedules:    # warm-up (compiles, caches voice)
+        arm_run(2, name, sched)
     results = {"engine": args.engine, "device": args.device, "dtype": str(tts.vocoder.dtype),
                "startup_s": startup, "segments_per_request": args.segments,
+               "vocoder_graphs_captured": graphs.captured if graphs is not None else 0,
                "vocoder_mixed_length_batches": args.mixed_length_batches,
                "chunk_schedule": str(schedule or tts.gpt.engine.schedule), "vocoder_lookahead": args.vocoder_lookahead,
                "codes_per_segment_spread": spread,
@@ -107,13 +115,13 @@ def main() -> int:
         pooled: dict[str, list[tuple[float, list]]] = {name: [] for name, _ in schedules}
         for _ in range(args.repeats):
             for name, sched in schedules:
-                pooled[name].append(tts.run(run_level(tts, level, text, voice, options, segment_tokens, sched)))
+                pooled[name].append(arm_run(level, name, sched))
         for name, sched in schedules:
             runs = pooled[name]      # repeats pooled: walls added, requests together
             row = level_summary(level, sum(w for w, _ in runs), [req for _, reqs in runs for req in reqs])
             row["repeats"] = len(runs)
             if args.ab_schedules:
-                row["chunk_schedule"] = str(sched)
+                row["chunk_schedule"], row["vocoder_graphs"] = str(sched), not name.endswith(":eager")
             print(json.dumps(row), flush=True)
             results["levels"].append(row)
         write_json(args.out, results)

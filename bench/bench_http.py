@@ -76,6 +76,8 @@ def main() -> int:
     add_stream_args(p, levels=[1, 16, 64], gpu_memory_utilization=0.5)
     p.add_argument("--gpt-engine", choices=["vllm", "torch"], default="vllm")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--app-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="another build_app argument (repeatable), e.g. vocoder_cuda_graphs=false")
     args = p.parse_args()
 
     import ray
@@ -97,6 +99,7 @@ def main() -> int:
         app_args["chunk_schedule"] = args.chunk_schedule
     if args.vocoder_lookahead is not None:
         app_args["vocoder_lookahead"] = args.vocoder_lookahead
+    app_args.update(item.split("=", 1) for item in args.app_arg)
     started = time.perf_counter()
     serve.run(build_forced_app(app_args, args.segment_codes), name="bench", route_prefix="/")
     startup = time.perf_counter() - started
@@ -109,6 +112,7 @@ def main() -> int:
     results = {"engine": args.gpt_engine, "device": args.device, "startup_s": startup,
                "segments_per_request": args.segments, "codes_per_segment": args.segment_codes,
                "chunk_schedule": args.chunk_schedule or "default", "vocoder_lookahead": args.vocoder_lookahead,
+               "app_args": args.app_arg,
                "levels": []}
     for level in args.levels:
         row = asyncio.run(level_run(url, body, level))

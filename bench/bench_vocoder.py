@@ -69,9 +69,15 @@ def main() -> int:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     info = CheckpointInfo.from_dir(args.model_dir)
     results = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "cases": []}
+    gen = torch.Generator().manual_seed(0)     # one fixed input for the precision comparison
+    probe_lat = torch.randn(1, 234, info.config.gpt.model_dim, generator=gen)
+    probe_spk = torch.randn(1, 1, info.config.bigvgan.speaker_embedding_dim, generator=gen)
+    probe = {}
     for name in args.dtypes:
         dtype = getattr(torch, name)
         model = load_vocoder(info, args.device, dtype)
+        with torch.no_grad():
+            probe[name] = model(probe_lat.to(args.device, dtype), probe_spk.to(args.device, dtype))[0, 0].double().cpu()
         spk = torch.randn(1, 1, model.cfg.speaker_embedding_dim, device=args.device, dtype=dtype)
         for n in args.codes:
             for b in args.batches:
@@ -108,6 +114,13 @@ def main() -> int:
             write_json(args.out, results)
         del model
         torch.cuda.empty_cache()
+    if "float32" in probe:      # audio SNR of each dtype against float32 (same weights, same 10 s input)
+        ref = probe["float32"]
+        results["snr_db_vs_float32"] = {
+            name: (10 * torch.log10(ref.pow(2).sum() / (wav - ref).pow(2).sum().clamp_min(1e-30))).item()
+            for name, wav in probe.items() if name != "float32"}
+        print(results["snr_db_vs_float32"], flush=True)
+        write_json(args.out, results)
     return 0
 
 

@@ -106,7 +106,7 @@ def level_summary(level: int, wall: float, rows: list[dict]) -> dict:
         "ttfa_p95_s": percentile([r["ttfa_s"] for r in rows], 0.95),
         "rtf_median": statistics.median(r["rtf"] for r in rows),
         "rtf_p95": percentile([r["rtf"] for r in rows], 0.95),
-        "real_time_share": sum(r["real_time"] for r in rows) / level,
+        "real_time_share": sum(r["real_time"] for r in rows) / len(rows),
         "audio_s_per_request": statistics.mean(r["audio_s"] for r in rows),
         "gpu_memory_mib": gpu_memory_mib(),
     }
