@@ -66,6 +66,8 @@ class SpeechRequest(BaseModel):
     # Numbers are strict: JSON numbers only (true, "1.5" and 1.0 for an integer are refused).
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, strict=True)
     stream_format: Literal["audio", "sse"] = "audio"
+    # false: the whole file in one response with its Content-Length (wav then carries exact sizes)
+    stream: bool = Field(True, strict=True)
     # Sampling extras: SamplingOptions' fields and bounds (indextts.types), except temperature 0 = greedy.
     temperature: Optional[float] = Field(None, ge=0.0, le=TEMPERATURE_MAX, strict=True)
     top_p: Optional[float] = Field(None, gt=0.0, le=TOP_P_MAX, strict=True)
@@ -161,6 +163,8 @@ class SpeechService:
     async def speech(self, req: SpeechRequest, response_format: Optional[str] = None) -> "EncodedAudio":
         """The audio of a speech request (the API's routes and the web UI): input, sampling options
         and voice checked as the API does; `response_format` overrides the request's."""
+        if not req.stream and req.stream_format == "sse":
+            raise ApiError(400, "stream_format 'sse' is a stream: it needs stream true", "stream", "invalid_value")
         text = self.check_input(req.input)
         fmt = audio_format(response_format or req.response_format)
         try:
@@ -168,7 +172,8 @@ class SpeechService:
         except OptionsError as e:
             raise ApiError(400, str(e), None, "invalid_value") from e
         voice = await asyncio.to_thread(self.registry.resolve, req.voice_name)
-        return await self.audio(text, voice, options, self.max_tokens(req.max_tokens_per_segment), fmt.name, req.speed)
+        return await self.audio(text, voice, options, self.max_tokens(req.max_tokens_per_segment), fmt.name, req.speed,
+                                streaming=req.stream)
 
     async def audio(self, text: str, voice: VoiceSpec, options: SamplingOptions, max_tokens: int,
                     response_format: str, speed: float, streaming: bool = True) -> "EncodedAudio":
@@ -283,6 +288,8 @@ async def _speech(service: SpeechService, req: SpeechRequest) -> Response:
     if req.stream_format == "sse":
         return StreamingResponse(audio.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
+    if not req.stream:
+        return Response(await audio.read(), media_type=fmt.content_type)
     return StreamingResponse(audio, media_type=fmt.content_type)
 
 
