@@ -34,9 +34,11 @@ class AppArgsError(click.ClickException, ValueError):
     line (`Error: ...`) instead of a traceback."""
 
 
-def build_app(args: Union[AppArgs, dict]) -> Application:
+def build_app(args: Union[AppArgs, dict], overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Application:
     """The application for `serve run` / `serve deploy`: `args` are validated here (not by Serve,
-    whose validation error would print as a traceback) into `AppArgs`."""
+    whose validation error would print as a traceback) into `AppArgs`. `overrides`: deployment
+    options by deployment name, as `build_graph` takes them (in code; a config file sets them in
+    its `deployments`)."""
     if not isinstance(args, AppArgs):
         try:
             args = AppArgs.model_validate(args)
@@ -54,7 +56,7 @@ def build_app(args: Union[AppArgs, dict]) -> Application:
         args = args.model_copy(update={"model_dir": str(info.model_dir),
                                        "max_tokens_per_segment": min(args.max_tokens_per_segment, limit)})
     return build_graph(args, StageFactory("frontend", args), StageFactory("gpt", args),
-                       StageFactory("vocoder", args), max_tokens_limit=limit)
+                       StageFactory("vocoder", args), max_tokens_limit=limit, overrides=overrides)
 
 
 def build_graph(args: AppArgs, make_frontend: Callable, make_gpt: Callable, make_vocoder: Callable,
