@@ -265,11 +265,12 @@ def test_errors_through_serve_use_the_envelope(tiny_app, body, status, param):
 
 # -- configuration ----------------------------------------------------------------------------
 
-def test_serve_config_matches_the_graph_and_its_args():
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config_2gpu.yaml"])
+def test_serve_config_matches_the_graph_and_its_args(name):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "serve_config.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text())
     schema = ServeDeploySchema.model_validate(config)
     app = schema.applications[0]
     assert app.import_path == "serve_app.app:build_app"
@@ -281,7 +282,11 @@ def test_serve_config_matches_the_graph_and_its_args():
     for d in app.deployments:
         assert d.autoscaling_config and d.max_ongoing_requests and d.ray_actor_options
     gpus = {d.name: d.ray_actor_options.num_gpus or 0 for d in app.deployments}
-    assert gpus["GPT"] > 0 and gpus["Vocoder"] > 0 and gpus["GPT"] + 2 * gpus["Vocoder"] <= 1
+    assert gpus["GPT"] > 0 and gpus["Vocoder"] > 0
+    if name == "serve_config.yaml":      # one GPT and two vocoder replicas share a device
+        assert gpus["GPT"] + 2 * gpus["Vocoder"] <= 1
+    else:                                # the GPT alone on one device, four vocoders on the other
+        assert gpus["GPT"] == 1 and 4 * gpus["Vocoder"] <= 1 and args.gpu_memory_utilization > 0.5
 
 
 def _deployments(app):
