@@ -22,7 +22,7 @@ from indextts.text.grammars import GrammarSet, ensure_grammars
 from indextts.text.normalizer import NormalizerBackends, TextNormalizer
 from indextts.text.segmenter import split_pieces, warn_hard_splits
 from indextts.text.tokenizer import BpeTokenizer, space_cjk_and_upper
-from indextts.text.wetext import WeTextNormalizer, WeTextOptions
+from indextts.text.wetext import CHUNK_CHARS, WeTextNormalizer, WeTextOptions
 from indextts.types import FrontendResult, Segment
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class FrontendOptions:
     max_chars: Optional[int] = 4096
     max_tokens: int = DEFAULT_MAX_TOKENS
     fix_duplicated_quote: bool = False
-    chunk_chars: Optional[int] = 200
+    chunk_chars: Optional[int] = CHUNK_CHARS
 
     def __post_init__(self):
         for name in ("max_chars", "chunk_chars"):

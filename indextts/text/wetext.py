@@ -4,7 +4,7 @@ This is WeTextProcessing's `Processor.normalize` (tagger, token reordering, verb
 same transducers, with kaldifst's compose + single shortest path instead of pynini's. Identity
 with pynini on every golden case and a fuzz corpus is checked by scripts/text_check_fst_identity.py.
 
-Texts longer than `chunk_chars` (200) are tagged chunk by chunk, cut at sentence ends (then
+Texts longer than `chunk_chars` (CHUNK_CHARS) are tagged chunk by chunk, cut at sentence ends (then
 commas, then spaces, then by length). Two reasons:
 - Time. Composition cost per character grows with the input (en: 0.4 ms/char at 50 chars,
   0.8 at 2,000, 1.4 at 20,000; digit runs are quadratic), so the original's whole-text pass is
@@ -55,6 +55,10 @@ _SPACES = re.compile(r" *")
 
 Token = tuple[str, list[str], dict[str, str]]   # name, keys in order (repeats kept), last value per key
 
+
+# Characters per normalisation pass over a long text: each pass holds the GIL, so short ones let a
+# short request's normalisation in between a long text's (docs/scheduling.md).
+CHUNK_CHARS = 80
 
 def parse_tokens(tagged: str) -> Optional[list[Token]]:
     """Tagger output as WeTextProcessing's TokenParser reads it, in linear time.
@@ -253,7 +257,7 @@ def _load_fst(path) -> object:
 class WeTextOptions:
     """`chunk_chars`: texts longer than this are tagged chunk by chunk (None: whole, as the original)."""
 
-    chunk_chars: Optional[int] = 200
+    chunk_chars: Optional[int] = CHUNK_CHARS
 
 
 class WeTextNormalizer:
