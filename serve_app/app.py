@@ -34,11 +34,16 @@ class AppArgsError(click.ClickException, ValueError):
     line (`Error: ...`) instead of a traceback."""
 
 
-def build_app(args: Union[AppArgs, dict], overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Application:
-    """The application for `serve run` / `serve deploy`: `args` are validated here (not by Serve,
-    whose validation error would print as a traceback) into `AppArgs`. `overrides`: deployment
-    options by deployment name, as `build_graph` takes them (in code; a config file sets them in
-    its `deployments`)."""
+def build_app(args: Union[AppArgs, dict]) -> Application:
+    """The application for `serve run` / `serve deploy` (Serve's builders take one argument)."""
+    return build_application(args)
+
+
+def build_application(args: Union[AppArgs, dict],
+                      overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Application:
+    """`build_app` with deployment options by deployment name (`overrides`, as `build_graph` takes
+    them; a config file sets them in its `deployments`). `args` are validated here (not by Serve,
+    whose validation error would print as a traceback) into `AppArgs`."""
     if not isinstance(args, AppArgs):
         try:
             args = AppArgs.model_validate(args)

@@ -129,7 +129,7 @@ def wait_for(condition, limit_s: float, trace: list) -> float | None:
 
 
 def main() -> None:
-    from serve_app.app import build_app
+    from serve_app.app import build_application
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
     accel = [cluster.add_node(num_cpus=2, resources={RESOURCE: 1}) for _ in range(2)]
@@ -145,7 +145,7 @@ def main() -> None:
         for name in ("alice", "bob"):
             (voices / f"{name}.wav").write_bytes((ROOT / "examples" / "voices" / f"{name}.wav").read_bytes())
         (voices / "speaker.json").write_text(json.dumps({"alice": ["alice.wav"], "bob": ["bob.wav"]}))
-        app = build_app({"model_dir": str(ROOT / "tests" / "golden" / "tiny"), "device": "cpu",
+        app = build_application({"model_dir": str(ROOT / "tests" / "golden" / "tiny"), "device": "cpu",
                          "gpt_engine": "torch", "voices_dir": str(voices), "ui": False,
                          "accelerator_resource": RESOURCE, "gpt_num_gpus": 0.5, "vocoder_num_gpus": 0.5,
                          "replica_num_cpus": 0.5},
