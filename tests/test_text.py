@@ -186,7 +186,7 @@ def test_sentence_chunks_normalise_like_the_whole_text(grammar_set, lang):
     # Cutting at sentence ends changes nothing (scripts/text_check_fst_identity.py and the golden
     # cases check more); the original's whole-text pass is only slower.
     text = _mixed_text(1_500, lang)
-    chunked = TextFrontend(BPE, grammars=grammar_set, options=FrontendOptions(chunk_chars=200))
+    chunked = TextFrontend(BPE, grammars=grammar_set, options=FrontendOptions())      # CHUNK_CHARS
     whole = TextFrontend(BPE, grammars=grammar_set, options=FrontendOptions(chunk_chars=None))
     assert chunked.normalize(text) == whole.normalize(text)
 
