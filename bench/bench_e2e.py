@@ -79,7 +79,6 @@ def main() -> int:
     startup = time.perf_counter() - started
     tts.vocoder.mixed_length_batches = args.mixed_length_batches
     tts.vocoder.lookahead = args.vocoder_lookahead
-    schedule = ChunkSchedule.parse(args.chunk_schedule) if args.chunk_schedule else None
     default = tts.gpt.engine.schedule
     # (label, schedule) pairs; 'default' is the engine's own schedule
     arms = args.ab_schedules or [args.chunk_schedule or "default"]
@@ -105,7 +104,8 @@ def main() -> int:
                "startup_s": startup, "segments_per_request": args.segments,
                "vocoder_graphs_captured": graphs.captured if graphs is not None else 0,
                "vocoder_mixed_length_batches": args.mixed_length_batches,
-               "chunk_schedule": str(schedule or tts.gpt.engine.schedule), "vocoder_lookahead": args.vocoder_lookahead,
+               "chunk_schedule": [str(sched) for _, sched in schedules] if args.ab_schedules else str(schedules[0][1]),
+               "vocoder_lookahead": args.vocoder_lookahead,
                "codes_per_segment_spread": spread,
                "codes_per_segment": args.segment_codes,
                "audio_s_per_segment": args.segment_codes * 1024 / 24000, "levels": []}

@@ -94,11 +94,11 @@ class VocoderGraphs:
         graph, inputs, out = self._graphs[key]
         count = len(latents)
         padded = torch.nn.utils.rnn.pad_sequence(list(latents), batch_first=True)   # [count, longest, D]
+        # Only the rows and frames this call uses are written: the model zeroes each item's frames
+        # past its length, and the rows past `count` (stale inputs) are computed and dropped.
         with self._lock:
-            inputs["latents"].zero_()
             inputs["latents"][:count, :longest].copy_(padded, non_blocking=True)
             inputs["speaker"][:count].copy_(speaker, non_blocking=True)
-            inputs["speaker"][count:].copy_(speaker[:1].expand(key[0] - count, -1, -1), non_blocking=True)
             lengths = torch.tensor([lat.shape[0] for lat in latents] + [key[1]] * (key[0] - count))
             inputs["lengths"].copy_(lengths, non_blocking=True)
             graph.replay()
