@@ -58,9 +58,9 @@ def main() -> int:
     p.add_argument("--length-jitter", type=float, default=0.2,
                    help="requests' segment lengths spread over +-this share of --segment-codes (0: all equal)")
     p.add_argument("--ab-schedules", nargs="+", default=None, metavar="SCHEDULE",
-                   help="compare chunk schedules on one engine (e.g. default whole 8,16:eager): every level runs "
-                        "once per schedule, interleaved, --repeats times; rows carry their schedule; ':eager' "
-                        "runs that arm with the vocoder's CUDA graphs off")
+                   help="compare chunk schedules on one engine (e.g. default whole default:graphs): every level "
+                        "runs once per schedule, interleaved, --repeats times; rows carry their schedule; "
+                        "':graphs' runs that arm with the vocoder's CUDA graphs (captured at start)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each level (per schedule), rows pooled")
     p.add_argument("--mixed-length-batches", action="store_true",
                    help="let the vocoder batch segments of different lengths (see VocoderEngineStage)")
@@ -69,25 +69,28 @@ def main() -> int:
     import torch
 
     from indextts.pipeline import IndexTTS
+    from indextts.stages.builder import StageOptions
     from indextts.types import ChunkSchedule, SamplingOptions
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     extra = {"max_num_seqs": args.max_num_seqs} if args.engine == "vllm" else {}
     started = time.perf_counter()
-    tts = IndexTTS.from_pretrained(args.model_dir, device=args.device, dtype=dtype, engine=args.engine,
-                                   gpu_memory_utilization=args.gpu_memory_utilization, **extra)
+    arms = args.ab_schedules or [args.chunk_schedule or "default"]
+    with_graphs = any(arm.endswith(":graphs") for arm in arms) and args.device.startswith("cuda")
+    tts = IndexTTS.from_pretrained(args.model_dir, options=StageOptions(
+        device=args.device, dtype=dtype, engine=args.engine, gpu_memory_utilization=args.gpu_memory_utilization,
+        engine_kwargs=extra, vocoder_cuda_graphs=with_graphs))
     startup = time.perf_counter() - started
     tts.vocoder.mixed_length_batches = args.mixed_length_batches
     tts.vocoder.lookahead = args.vocoder_lookahead
     default = tts.gpt.engine.schedule
     # (label, schedule) pairs; 'default' is the engine's own schedule
-    arms = args.ab_schedules or [args.chunk_schedule or "default"]
     schedules = [(arm, default if arm.split(":")[0] == "default" else ChunkSchedule.parse(arm.split(":")[0]))
                  for arm in arms]
     graphs = tts.vocoder.graphs
 
     def arm_run(level: int, name: str, sched) -> tuple[float, list]:
-        tts.vocoder.graphs = None if name.endswith(":eager") else graphs
+        tts.vocoder.graphs = graphs if name.endswith(":graphs") else None
         return tts.run(run_level(tts, level, text, voice, options, segment_tokens, sched))
     voice = tts.voice(args.voice)
     text = " ".join([SENTENCE] * args.segments)
@@ -121,7 +124,7 @@ def main() -> int:
             row = level_summary(level, sum(w for w, _ in runs), [req for _, reqs in runs for req in reqs])
             row["repeats"] = len(runs)
             if args.ab_schedules:
-                row["chunk_schedule"], row["vocoder_graphs"] = str(sched), not name.endswith(":eager")
+                row["chunk_schedule"], row["vocoder_graphs"] = str(sched), graphs is not None and name.endswith(":graphs")
             print(json.dumps(row), flush=True)
             results["levels"].append(row)
         write_json(args.out, results)

@@ -61,9 +61,9 @@ class AppArgs(BaseModel):
     vocoder_mixed_length_batches: bool = Field(
         False, description="batch segments of different lengths (right-padded, per-item lengths): "
         "more batching under load, equal to unbatched output up to float rounding (~1e-6), not bit for bit")
-    vocoder_cuda_graphs: bool = Field(True, description="on CUDA, BigVGAN calls replay CUDA graphs captured at "
-                                      "replica start per (batch, window length) bucket (small calls are otherwise "
-                                      "bound by kernel launches)")
+    vocoder_cuda_graphs: bool = Field(False, description="on CUDA, BigVGAN calls replay CUDA graphs captured at "
+                                      "replica start per (batch, window length) bucket; off by default: the "
+                                      "schedule's windows are GPU-bound, not launch-bound (docs/benchmarks.md)")
     chunk_schedule: str = Field(str(ChunkSchedule.streaming()),
                                 description="codes per GPT chunk, comma-separated, the last repeating "
                                             "(small first: early first audio), or 'whole' (one chunk per segment)")

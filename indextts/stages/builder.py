@@ -95,7 +95,7 @@ class StageOptions:
     vocoder_mixed_length_batches: bool = False
     chunk_schedule: ChunkSchedule = ChunkSchedule.streaming()
     vocoder_lookahead: Optional[int] = None     # frames; None: the receptive field's (exact)
-    vocoder_cuda_graphs: bool = True            # on CUDA: BigVGAN calls replay graphs captured at start
+    vocoder_cuda_graphs: bool = False           # on CUDA: BigVGAN calls replay graphs captured at start
 
     def __post_init__(self):
         if self.engine not in ENGINES:
