@@ -55,7 +55,7 @@ def main() -> int:
     rows = []
     if args.device == "cuda":
         rows += padded_vs_single()
-    for index in (0, 1):
+    for index in (1,):           # the request the GPU test compares
         run = meta["e2e"][index]
         limit = run["max_text_tokens_per_sentence"]
         text, ref, max_tokens = run["text"], TINY / run["audio_prompt"], (limit if limit <= 80 else None)

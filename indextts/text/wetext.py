@@ -56,9 +56,11 @@ _SPACES = re.compile(r" *")
 Token = tuple[str, list[str], dict[str, str]]   # name, keys in order (repeats kept), last value per key
 
 
-# Characters per normalisation pass over a long text. Shorter passes would let a short request in
-# sooner (each holds the GIL), but 80 changed en output at cuts inside sentences (docs/scheduling.md).
+# Characters per normalisation pass over a long text: whole sentences are packed into passes of
+# up to PASS_CHARS (a short pass holds the GIL briefly, so another request gets in sooner), and only
+# a sentence longer than CHUNK_CHARS is cut inside (at commas, then spaces), where output can change.
 CHUNK_CHARS = 200
+PASS_CHARS = 80
 
 
 def parse_tokens(tagged: str) -> Optional[list[Token]]:
@@ -185,22 +187,27 @@ def _hard_cut(text: str, start: int, limit: int) -> int:
     return end
 
 
-def split_into_chunks(text: str, lang: str, chunk_chars: int) -> list[Chunk]:
+def split_into_chunks(text: str, lang: str, chunk_chars: int, pass_chars: Optional[int] = None) -> list[Chunk]:
     """Cut `text` into chunks of at most `chunk_chars` chars, preferring sentence ends.
 
-    Texts up to `chunk_chars` stay whole. For zh, the chunks concatenate back to `text`.
+    Whole sentences are packed into chunks of up to `pass_chars` (default `chunk_chars`); a
+    sentence between the two stays one chunk, and only a longer one is cut inside. Texts up to
+    `pass_chars` stay whole. For zh, the chunks concatenate back to `text`.
     """
-    if len(text) <= chunk_chars:
+    pack = min(pass_chars or chunk_chars, chunk_chars)
+    if len(text) <= pack:
         return [Chunk(text, "")]
     out: list[Chunk] = []
-    _pack(text, 0, len(text), _ZH_RULES if lang == "zh" else _EN_RULES, lang, chunk_chars, "", out)
+    _pack(text, 0, len(text), _ZH_RULES if lang == "zh" else _EN_RULES, lang, chunk_chars, "", out, pack)
     return out
 
 
 def _pack(text: str, start: int, end: int, rules: tuple, lang: str, limit: int, gap: str,
-          out: list[Chunk]) -> None:
-    """Greedily pack text[start:end] into chunks <= limit chars: cuts of rules[0], then finer rules."""
-    if end - start <= limit:
+          out: list[Chunk], pack: Optional[int] = None) -> None:
+    """Greedily pack text[start:end] into chunks of at most `pack` chars (default `limit`) at the
+    cuts of rules[0]; a piece between two cuts that exceeds `limit` is cut by the finer rules."""
+    pack = pack or limit
+    if end - start <= pack:
         out.append(Chunk(text[start:end], gap))
         return
     if not rules:  # no cut anywhere: by length (pathological input, e.g. a 5k-digit number)
@@ -215,15 +222,18 @@ def _pack(text: str, start: int, end: int, rules: tuple, lang: str, limit: int, 
     piece_start = start
     last_fit = None                      # the last cut that keeps the current chunk within limit
     for cut in cuts:
-        if cut[0] - piece_start <= limit:
+        if cut[0] - piece_start <= pack:
             last_fit = cut
             continue
         if last_fit is not None:         # close the chunk at the last cut that fitted
             out.append(Chunk(text[piece_start:last_fit[0]], text[last_fit[0]:last_fit[1]]))
             piece_start = last_fit[1]
             last_fit = None
-        if cut[0] - piece_start <= limit:
+        if cut[0] - piece_start <= pack:
             last_fit = cut
+        elif cut[0] - piece_start <= limit:   # one piece over `pack` but within `limit`: a chunk of its own
+            out.append(Chunk(text[piece_start:cut[0]], gap if cut[0] == end else text[cut[0]:cut[1]]))
+            piece_start = cut[1]
         else:                            # one sentence alone is too long: finer cuts inside it
             _pack(text, piece_start, cut[0], rules[1:], lang, limit, text[cut[0]:cut[1]], out)
             piece_start = cut[1]
@@ -284,7 +294,7 @@ class WeTextNormalizer:
         parts: list[str] = []
         joiner = ""
         turn, left = current_turn(), len(text)
-        for chunk in split_into_chunks(text, self.lang, self.options.chunk_chars):
+        for chunk in split_into_chunks(text, self.lang, self.options.chunk_chars, PASS_CHARS):
             turn.pause(left)              # more urgent work (another request's) may go first
             left -= len(chunk.text)
             result = self._normalize_one(chunk.text)
