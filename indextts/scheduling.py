@@ -26,6 +26,10 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
 
+class WorkCancelled(Exception):
+    """Raised at a `Turn.pause` once the work's caller has given up on it (e.g. a client left)."""
+
+
 class PriorityGate:
     def __init__(self, slots: int = 1):
         if slots < 1:
@@ -87,13 +91,14 @@ class PriorityGate:
 
     @contextmanager
     def turn(self, key: float, key_of: Optional[Callable[[float], float]] = None,
-             held_back: bool = True) -> Iterator["Turn"]:
+             held_back: bool = True, cancelled: Optional[threading.Event] = None) -> Iterator["Turn"]:
         """Hold a slot for the block (waiting for one first); `Turn.pause()` inside gives it
         back to a more urgent waiter and waits for it again. `key_of` maps what `pause(left)`
         reports (e.g. characters left) to a new key. `held_back=False`: reservations do not hold
-        this turn back (work that urgent work may queue behind, such as a batch call)."""
+        this turn back (work that urgent work may queue behind, such as a batch call). Once
+        `cancelled` is set, the next `pause()` raises `WorkCancelled`."""
         self._acquire(key, held_back)
-        turn = Turn(self, key, key_of, held_back)
+        turn = Turn(self, key, key_of, held_back, cancelled)
         outer, _local.turn = getattr(_local, "turn", None), turn
         try:
             yield turn
@@ -110,13 +115,17 @@ class Turn:
     """One thread's hold on a gate slot."""
 
     def __init__(self, gate: Optional[PriorityGate], key: float,
-                 key_of: Optional[Callable[[float], float]] = None, held_back: bool = True):
+                 key_of: Optional[Callable[[float], float]] = None, held_back: bool = True,
+                 cancelled: Optional[threading.Event] = None):
         self.gate, self.key, self.key_of, self.held_back = gate, key, key_of, held_back
+        self.cancelled = cancelled
 
     def pause(self, left: Optional[float] = None) -> None:
         """Let a more urgent waiter run first (then wait for a slot again); `left` (work left,
         through the turn's `key_of`) updates this turn's urgency. Costs a lock check when nobody
-        more urgent waits."""
+        more urgent waits. Raises `WorkCancelled` once the turn's `cancelled` event is set."""
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise WorkCancelled("the caller gave up on this work")
         if left is not None and self.key_of is not None:
             self.key = self.key_of(left)
         if self.gate is not None and self.gate._should_pause(self.key, self.held_back):

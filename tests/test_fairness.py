@@ -2,8 +2,8 @@
 normalisation, decode steps and vocoder calls take turns by deadline (indextts.scheduling), so a
 short request's first audio goes ahead of long requests' later audio and of the rest of their
 normalisation. Ratios measured in one run, on the tiny checkpoint, against the same short request
-alone: while four long requests generate, and while they are still being normalised (where the
-long requests' transducer calls hold the GIL for their whole duration)."""
+alone (medians of three): while four long requests generate, and while they are still being
+normalised (in passes of whole sentences, PASS_CHARS, each holding the GIL)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from conftest import TINY
 LONG = ("The quick brown fox jumps over the lazy dog near the river bank, and then it runs home. " * 40)[:3000]
 SHORT = "Hello there, how are you today?"
 OPTIONS = SamplingOptions(seed=1, max_codes=40)
-STEADY_BOUND = 2.0         # the issue's target, while the long requests generate
-NORMALISING_BOUND = 4.0    # while they are normalised in this same process (the target is not met there)
+BOUND = 2.0                # the issue's target: at most twice the short request's latency alone
 
 
 @pytest.fixture(scope="module")
@@ -39,33 +38,39 @@ async def _latency(tts, voice, text: str, first_audio: asyncio.Event = None) -> 
     return time.perf_counter() - started
 
 
+async def _beside_long_ones(tts, voice, generating: bool) -> list[float]:
+    """The short request's latency, three times, beside four long requests that are still being
+    normalised (started 0.2 s before) or all generating (past their first audio)."""
+    started = [asyncio.Event() for _ in range(4)]
+    longs = [asyncio.ensure_future(_latency(tts, voice, LONG, event)) for event in started]
+    try:
+        await asyncio.sleep(0.2)
+        if not generating:
+            return [await _latency(tts, voice, SHORT)]
+        for event in started:
+            await asyncio.wait_for(event.wait(), 120)
+        times = [await _latency(tts, voice, SHORT) for _ in range(3)]
+        assert all(not task.done() for task in longs), "the long requests ended first; make them longer"
+        return times
+    finally:
+        for task in longs:
+            task.cancel()
+        await asyncio.gather(*longs, return_exceptions=True)
+
+
 def test_a_short_request_beside_four_long_ones(tts):
     voice = tts.voice(TINY / "ref_a.wav")
 
     async def run():
         await _latency(tts, voice, SHORT)                          # warm caches (voice, kernels)
         alone = statistics.median([await _latency(tts, voice, SHORT) for _ in range(3)])
-        started = [asyncio.Event() for _ in range(4)]
-        longs = [asyncio.ensure_future(_latency(tts, voice, LONG, event)) for event in started]
-        try:
-            await asyncio.sleep(0.2)
-            normalising = await _latency(tts, voice, SHORT)        # the long texts are being normalised
-            for event in started:
-                await asyncio.wait_for(event.wait(), 120)          # now every long one is generating
-            steady = []
-            for _ in range(3):
-                steady.append(await _latency(tts, voice, SHORT))
-            running = sum(not task.done() for task in longs)
-        finally:
-            for task in longs:
-                task.cancel()
-            await asyncio.gather(*longs, return_exceptions=True)
-        return alone, normalising, steady, running
+        normalising = [(await _beside_long_ones(tts, voice, generating=False))[0] for _ in range(3)]
+        steady = await _beside_long_ones(tts, voice, generating=True)
+        return alone, normalising, steady
 
-    alone, normalising, steady, running = tts.run(run())
-    assert running == 4, "the long requests ended before the measurement did; make them longer"
-    ratio = statistics.median(steady) / alone
-    print(f"short alone {alone:.3f} s; beside four generating long ones {[round(s, 3) for s in steady]} s "
-          f"(ratio {ratio:.2f}); while they are normalised {normalising:.3f} s (ratio {normalising / alone:.2f})")
-    assert ratio <= STEADY_BOUND, (alone, steady)
-    assert normalising / alone <= NORMALISING_BOUND, (alone, normalising)
+    alone, normalising, steady = tts.run(run())
+    print(f"short alone {alone:.3f} s; beside four generating long ones {[round(t, 3) for t in steady]} s "
+          f"(ratio {statistics.median(steady) / alone:.2f}); while they are normalised "
+          f"{[round(t, 3) for t in normalising]} s (ratio {statistics.median(normalising) / alone:.2f})")
+    assert statistics.median(steady) / alone <= BOUND, (alone, steady)
+    assert statistics.median(normalising) / alone <= BOUND, (alone, normalising)

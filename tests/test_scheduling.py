@@ -140,3 +140,15 @@ def test_a_reservation_holds_back_less_urgent_work_until_it_ends():
     done.set()
     t.join(5)
     assert held and "urgent" in events and events[-1] == "long"
+
+
+def test_a_cancelled_turn_raises_at_its_next_pause_and_frees_its_slot():
+    from indextts.scheduling import WorkCancelled
+    gate, cancelled = PriorityGate(slots=1), threading.Event()
+    with gate.turn(1.0, cancelled=cancelled) as turn:
+        turn.pause()                    # not cancelled: carries on
+        cancelled.set()
+        with pytest.raises(WorkCancelled):
+            turn.pause()
+    with gate.turn(2.0):                # the slot came back
+        pass

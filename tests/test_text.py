@@ -463,3 +463,29 @@ def test_text_package_never_imports_pynini_at_runtime(grammar_set):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_a_cancelled_normalisation_stops_at_its_next_pass(frontend):
+    """A caller that gives up (a client gone) stops the thread's work too, not only its wait."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from indextts.stages.frontend import TextFrontendStage
+
+    text = ("The quick brown fox jumps over the lazy dog near the river bank, and then it runs home. " * 46)[:4000]
+    executor = ThreadPoolExecutor(1)
+    stage = TextFrontendStage(frontend, executor)
+    started = time.perf_counter()
+    stage.process_sync(text, 60)
+    whole = time.perf_counter() - started
+
+    async def cancel_midway() -> float:
+        task = asyncio.ensure_future(stage.process(text, 60))
+        await asyncio.sleep(whole / 4)
+        task.cancel()
+        cancelled_at = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(executor, lambda: None)   # behind the worker's work
+        return time.perf_counter() - cancelled_at
+
+    freed_after = asyncio.run(cancel_midway())
+    executor.shutdown()
+    assert freed_after < whole / 4, (freed_after, whole)
