@@ -4,8 +4,9 @@ This is WeTextProcessing's `Processor.normalize` (tagger, token reordering, verb
 same transducers, with kaldifst's compose + single shortest path instead of pynini's. Identity
 with pynini on every golden case and a fuzz corpus is checked by scripts/text_check_fst_identity.py.
 
-Texts longer than `chunk_chars` (CHUNK_CHARS) are tagged chunk by chunk, cut at sentence ends (then
-commas, then spaces, then by length). Two reasons:
+Long texts are tagged chunk by chunk: whole sentences packed into passes of up to PASS_CHARS, and
+a sentence longer than `chunk_chars` (CHUNK_CHARS) cut at commas, then spaces, then by length.
+Three reasons:
 - Time. Composition cost per character grows with the input (en: 0.4 ms/char at 50 chars,
   0.8 at 2,000, 1.4 at 20,000; digit runs are quadratic), so the original's whole-text pass is
   superlinear. Bounded chunks make it linear.
@@ -13,9 +14,9 @@ commas, then spaces, then by length). Two reasons:
   they lose the precision that separates close rules; the whole-text pass then reads
   `1,234,567` as "one two three fourfive six seven" where the sentence alone gives "one million
   two hundred ...". The chunks avoid that.
-Sentence-end cuts give exactly the whole-text output on every golden case and on random
-concatenations of them (tests/test_text.py), apart from texts long enough for the float32 effect,
-where the chunked output is the better one. zh output keeps every character, so zh chunks simply
+- Fairness: a pass holds the GIL, so a short request waits at most one short pass.
+A text of golden cases gives exactly their golden outputs joined (tests/test_text.py), where the
+whole-text pass shows the float32 effect. zh output keeps every character, so zh chunks simply
 concatenate; en output drops whitespace except spaces after punctuation, which the joiners
 reproduce.
 """
