@@ -1,5 +1,3 @@
-import sys
+from indextts.cli import entry
 
-from indextts.cli import main
-
-sys.exit(main())
+entry()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from indextts.errors import IndexTTSError
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.verbose:        # vLLM's engine (and its subprocesses) speak up only for warnings
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         return int(args.func(args) or 0)
     except IndexTTSError as e:
@@ -71,5 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The console command: `main`, then an exit that skips the interpreter's teardown. Everything
+    is written and every engine shut down by then; the teardown would only print nanobind's leak
+    report for Triton's bindings, which vLLM keeps referenced until exit."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
