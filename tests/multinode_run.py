@@ -8,7 +8,9 @@ autoscaled with short delays, two ingress replicas over one voices_dir. Phases, 
    two replicas, then no load until both are back to one; every answer is compared with the same
    request's audio alone;
 3. voices: a voice uploaded through the API is used at once by requests spread over both ingresses;
-4. node loss: the accelerator node holding the GPT replica is removed under load; how each request
+4. replica loss: under load, with two GPT and two vocoder replicas, one replica of each is killed;
+   how each request ended (each call on a dead replica is retried once on the other);
+5. node loss: the accelerator node holding the GPT replica is removed under load; how each request
    ended, and how long until requests succeed again.
 
 Prints one JSON line with what each phase saw."""
@@ -74,9 +76,16 @@ def error_code(r: requests.Response) -> str:
 
 def replicas() -> list[dict]:
     from ray.util.state import list_actors
-    return [{"deployment": a.class_name.split(":")[-1], "node": a.node_id}
+    return [{"deployment": a.class_name.split(":")[-1], "node": a.node_id, "name": a.name}
             for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
             if a.class_name.startswith(f"ServeReplica:{APP}:")]
+
+
+def kill_one(deployment: str) -> str:
+    """Kill one live replica of `deployment` (Serve starts a new one); its actor name."""
+    name = next(r["name"] for r in replicas() if r["deployment"] == deployment)
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return name
 
 
 class Load:
@@ -182,7 +191,23 @@ def main() -> None:
         out["voices"] = {"upload": upload.status_code, "uses": uses,
                          "ingress_replicas": running().get("Ingress", 0)}
 
-        # 4. the node holding the GPT replica leaves under load
+        # 4. one GPT and one vocoder replica killed under load, two of each running
+        trace = []
+        load = Load(url, expected)
+        scaled = wait_for(lambda c: c.get("GPT", 0) >= 2 and c.get("Vocoder", 0) >= 2, PHASE_LIMIT_S, trace)
+        killed = []
+        if scaled is not None:
+            time.sleep(2)
+            killed.append(kill_one("GPT"))
+            time.sleep(4)
+            killed.append(kill_one("Vocoder"))
+            time.sleep(6)
+        results = load.finish()
+        out["replica_loss"] = {"scaled_s": scaled, "killed": killed, "requests": len(results),
+                               "failed": [r for r in results if not r[3]]}
+        wait_for(lambda c: c.get("GPT", 0) == 1 and c.get("Vocoder", 0) == 1, PHASE_LIMIT_S, trace)
+
+        # 5. the node holding the GPT replica leaves under load
         gpt_nodes = {r["node"] for r in replicas() if r["deployment"] == "GPT"}
         victim = next(n for n in accel if n.node_id in gpt_nodes)
         load = Load(url, expected, clients=3)

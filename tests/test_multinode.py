@@ -1,6 +1,7 @@
 """A simulated cluster (issue 22): placement on accelerator nodes, independent autoscaling up and
 down under load with every answer checked, a voice uploaded through one ingress used through the
-others, and the loss of a node under load. The cluster (`ray.cluster_utils.Cluster`) runs in a
+others, the loss of one GPT and one vocoder replica under load (no request fails), and the loss
+of a node under load. The cluster (`ray.cluster_utils.Cluster`) runs in a
 process of its own (tests/multinode_run.py, which says what each phase does), since this test
 session already holds a Ray instance of its own."""
 
@@ -51,6 +52,14 @@ def test_a_voice_uploaded_through_one_ingress_is_usable_through_all(run):
     voices = run["voices"]
     assert voices["ingress_replicas"] == 2
     assert voices["upload"] == 200 and voices["uses"] == [200] * 6
+
+
+def test_a_killed_gpt_or_vocoder_replica_fails_no_request(run):
+    """With two replicas of each stage, a call on the killed one is retried on the other: every
+    request under load ends with 200 and the same audio as alone."""
+    loss = run["replica_loss"]
+    assert loss["scaled_s"] is not None and len(loss["killed"]) == 2, loss
+    assert loss["requests"] > 0 and loss["failed"] == [], loss
 
 
 def test_losing_a_node_under_load_fails_only_cleanly_and_the_service_recovers(run):
