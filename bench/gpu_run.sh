@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One benchmark phase per invocation on a GPU machine, run from the checkout (each under 10 minutes):
 #   bash bench/gpu_run.sh decode|decode-ours|decode-stock|decode-stock-v1|e2e|baseline|http|vocoder|parity|gpu-tests|vllm-tests
-#   bash bench/gpu_run.sh graphs|e2e-ab|http-ab    (the chunked path against the previous one, same lease)
+#   bash bench/gpu_run.sh graphs|e2e-ab|http-ab    (the chunked path against the previous one, same lease;
+#                                                   HTTP_ARMS="default whole" picks http-ab's arms)
 #   bash bench/gpu_run.sh cuda-golden              (which setting moves CUDA fp32 output off the golden waveform)
 #   bash bench/gpu_run.sh --help
 # Environment:
@@ -55,13 +56,14 @@ case $phase in
                        --codes 74 92 116 164 --batches 1 8 32 64 --repeats 5 --out "$OUT/vocoder_graphs.json" ;;
   cuda-golden)     run python3 bench/cuda_golden_check.py --out "$OUT/cuda_golden.json" ;;
   e2e-ab)          run python3 bench/bench_e2e.py --engine vllm --dtype bfloat16 --model-dir $CKPT --levels 1 16 64 \
-                       --ab-schedules default whole default:graphs --repeats 2 --out "$OUT/e2e_ab.json" ;;
+                       --ab-schedules default whole --repeats 2 --out "$OUT/e2e_ab.json" ;;
   http-ab)         sample_gpu_memory > "$OUT/gpu_memory.log" & sampler=$!
-                   run python3 bench/bench_http.py --model-dir $CKPT --levels 1 16 64 --out "$OUT/http_default.json"
-                   keep_serve_logs default
-                   run python3 bench/bench_http.py --model-dir $CKPT --levels 1 16 64 --chunk-schedule whole \
-                       --out "$OUT/http_previous.json"
-                   keep_serve_logs previous
+                   for arm in ${HTTP_ARMS:-default whole}; do
+                     sched=(); [ "$arm" = whole ] && sched=(--chunk-schedule whole)
+                     run python3 bench/bench_http.py --model-dir $CKPT --levels 1 16 64 "${sched[@]}" \
+                         --out "$OUT/http_$arm.json"
+                     keep_serve_logs $arm
+                   done
                    kill $sampler ;;
 esac
 echo "phase $phase took $(( $(date +%s) - started )) s" | tee -a "$OUT/$phase.log"
