@@ -54,7 +54,10 @@ class Synthesizer:
                      schedule: Optional[ChunkSchedule] = None) -> AsyncIterator[AudioChunk]:
         """Audio of each code chunk, in order, as soon as it is ready. The last chunk of a segment
         has `metadata["segment_end"]`; the utterance's last chunk has `final=True`. `schedule`:
-        how the GPT stage cuts segments into chunks (None: the stage's own)."""
+        how the GPT stage cuts the first segment into chunks (None: the stage's own). Later
+        segments decode ahead while earlier audio plays, so they come whole when the lookahead
+        allows: the same audio, without the windows' recomputed context (about twice the
+        vocoder's work per second of audio)."""
         if self._window_frames is None:
             self._window_frames = await self.vocoder.window_frames()
         front = check_speakable(await self.frontend.process(text, max_tokens_per_segment))
@@ -73,8 +76,8 @@ class Synthesizer:
                     if j not in queues:
                         queues[j] = asyncio.Queue()
                         tasks.append(asyncio.ensure_future(self._segment(
-                            segments[j], voice, _segment_options(options, j, len(segments)), schedule,
-                            queues[j])))
+                            segments[j], voice, _segment_options(options, j, len(segments)),
+                            schedule if j == 0 or self.lookahead == 1 else ChunkSchedule.whole(), queues[j])))
                 queue = queues.pop(i)
                 while (item := await queue.get()) is not None:
                     if isinstance(item, BaseException):

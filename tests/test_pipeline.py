@@ -413,3 +413,24 @@ def test_vocoder_runs_in_float32_whatever_the_gpt_dtype():
         assert stage.dtype == torch.float32
     finally:
         stage.close()
+
+
+def test_only_the_first_segment_is_chunked(tts, monkeypatch):
+    """Later segments decode ahead while earlier audio plays: they come whole (no recomputed
+    vocoder context), and the audio is what chunking every segment gives."""
+    gpt = tts.synthesizer.gpt
+    schedules, generate = [], gpt.generate
+
+    def recording(voice, segment, options, schedule=None):
+        schedules.append(schedule)
+        return generate(voice, segment, options, schedule)
+    text = "The first sentence is here. A second one follows it. And then a third."
+    every = ChunkSchedule((8, 8))
+    monkeypatch.setattr(gpt, "generate", recording)
+    first_only = tts.synthesize(text, TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=12, chunk_schedule=every)
+    assert len(schedules) >= 3 and schedules[0] == every and all(s.is_whole for s in schedules[1:])
+    monkeypatch.setattr(tts.synthesizer, "lookahead", 1)      # no decoding ahead: every segment chunked
+    schedules.clear()
+    all_chunked = tts.synthesize(text, TINY / "ref_a.wav", GREEDY, max_tokens_per_segment=12, chunk_schedule=every)
+    assert all(s == every for s in schedules)
+    assert first_only.shape == all_chunked.shape and (first_only.int() - all_chunked.int()).abs().max() <= 1
