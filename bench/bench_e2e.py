@@ -49,7 +49,7 @@ async def run_level(tts, level: int, text: str, voice, options, max_tokens: int,
     return time.perf_counter() - start, rows
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_args(p, levels=[1, 8, 16, 24, 32, 64, 256], gpu_memory_utilization=0.6)
     p.add_argument("--engine", choices=["torch", "vllm"], default="vllm")
@@ -64,8 +64,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1, help="runs of each level (per schedule), rows pooled")
     p.add_argument("--mixed-length-batches", action="store_true",
                    help="let the vocoder batch segments of different lengths (see VocoderEngineStage)")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def main() -> int:
+    args = parse_args()
     import torch
 
     from indextts.pipeline import IndexTTS

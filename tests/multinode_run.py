@@ -137,6 +137,25 @@ def wait_for(condition, limit_s: float, trace: list) -> float | None:
     return None
 
 
+def replica_loss(url: str, expected: list[bytes]) -> dict:
+    """Load until GPT and vocoder run two replicas each, kill one of each, and record how every
+    request ended; then wait for the scale-down, so the next phase starts from one of each."""
+    trace: list = []
+    load = Load(url, expected)
+    scaled = wait_for(lambda c: c.get("GPT", 0) >= 2 and c.get("Vocoder", 0) >= 2, PHASE_LIMIT_S, trace)
+    killed = []
+    if scaled is not None:
+        time.sleep(2)
+        killed.append(kill_one("GPT"))
+        time.sleep(4)
+        killed.append(kill_one("Vocoder"))
+        time.sleep(6)
+    results = load.finish()
+    wait_for(lambda c: c.get("GPT", 0) == 1 and c.get("Vocoder", 0) == 1, PHASE_LIMIT_S, trace)
+    return {"scaled_s": scaled, "killed": killed, "requests": len(results),
+            "failed": [r for r in results if not r[3]]}
+
+
 def main() -> None:
     from serve_app.app import build_application
 
@@ -192,20 +211,7 @@ def main() -> None:
                          "ingress_replicas": running().get("Ingress", 0)}
 
         # 4. one GPT and one vocoder replica killed under load, two of each running
-        trace = []
-        load = Load(url, expected)
-        scaled = wait_for(lambda c: c.get("GPT", 0) >= 2 and c.get("Vocoder", 0) >= 2, PHASE_LIMIT_S, trace)
-        killed = []
-        if scaled is not None:
-            time.sleep(2)
-            killed.append(kill_one("GPT"))
-            time.sleep(4)
-            killed.append(kill_one("Vocoder"))
-            time.sleep(6)
-        results = load.finish()
-        out["replica_loss"] = {"scaled_s": scaled, "killed": killed, "requests": len(results),
-                               "failed": [r for r in results if not r[3]]}
-        wait_for(lambda c: c.get("GPT", 0) == 1 and c.get("Vocoder", 0) == 1, PHASE_LIMIT_S, trace)
+        out["replica_loss"] = replica_loss(url, expected)
 
         # 5. the node holding the GPT replica leaves under load
         gpt_nodes = {r["node"] for r in replicas() if r["deployment"] == "GPT"}
