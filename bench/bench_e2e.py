@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--engine", choices=["torch", "vllm"], default="vllm")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     p.add_argument("--max-num-seqs", type=int, default=512)
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="vLLM without torch.compile and CUDA graphs: a start in seconds, slower steps")
     p.add_argument("--length-jitter", type=float, default=0.2,
                    help="requests' segment lengths spread over +-this share of --segment-codes (0: all equal)")
     p.add_argument("--ab-schedules", nargs="+", default=None, metavar="SCHEDULE",
@@ -76,7 +78,7 @@ def main() -> int:
     from indextts.types import ChunkSchedule, SamplingOptions
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    extra = {"max_num_seqs": args.max_num_seqs} if args.engine == "vllm" else {}
+    extra = {"max_num_seqs": args.max_num_seqs, "enforce_eager": args.enforce_eager} if args.engine == "vllm" else {}
     started = time.perf_counter()
     arms = args.ab_schedules or [args.chunk_schedule or "default"]
     with_graphs = any(arm.endswith(":graphs") for arm in arms) and args.device.startswith("cuda")
