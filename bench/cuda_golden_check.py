@@ -23,39 +23,15 @@ from indextts.types import ChunkSchedule, SamplingOptions    # noqa: E402
 TINY = ROOT / "tests" / "golden" / "tiny"
 
 
-def padded_vs_single() -> list[dict]:
-    """A right-padded batch with per-item lengths against each item alone (fp32), cuDNN TF32 on and off."""
-    from indextts.checkpoint import CheckpointInfo, load_vocoder
-    model = load_vocoder(CheckpointInfo.from_dir(TINY), "cuda", torch.float32)
-    rows = []
-    for tf32 in (True, False):
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.manual_seed(0)
-        lens = [7, 13, 20, 1, 2]
-        lat = [torch.randn(n, model.cfg.gpt_dim, device="cuda") for n in lens]
-        spk = torch.randn(len(lens), 1, model.cfg.speaker_embedding_dim, device="cuda")
-        x = torch.nn.utils.rnn.pad_sequence(lat, batch_first=True)
-        with torch.inference_mode():
-            batched = model(x, spk, torch.tensor(lens, device="cuda"))
-            errors = [(batched[i, 0, :n * model.hop_length] - model(lat[i][None], spk[i:i + 1])[0, 0]).abs().max().item()
-                      for i, n in enumerate(lens)]
-        rows.append({"padded_vs_single": True, "cudnn_tf32": tf32, "max_err": max(errors)})
-        print(rows[-1], flush=True)
-    return rows
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True)
     p.add_argument("--engines", nargs="+", default=["torch", "vllm"])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--skip-padded", action="store_true", help="skip the padded-batch check")
     args = p.parse_args()
     expected = load_file(str(TINY / "expected" / "expected.safetensors"))
     meta = json.loads((TINY / "expected" / "expected.json").read_text())
     rows = []
-    if args.device == "cuda" and not args.skip_padded:
-        rows += padded_vs_single()
     for index in (1,):           # the request the GPU test compares
         run = meta["e2e"][index]
         limit = run["max_text_tokens_per_sentence"]

@@ -65,8 +65,9 @@ class AppArgs(BaseModel):
                                       "replica start per (batch, window length) bucket; off by default: the "
                                       "schedule's windows are GPU-bound, not launch-bound (docs/benchmarks.md)")
     chunk_schedule: str = Field(str(ChunkSchedule.streaming()),
-                                description="codes per GPT chunk, comma-separated, the last repeating "
-                                            "(small first: early first audio), or 'whole' (one chunk per segment)")
+                                description="codes per GPT chunk of a request's first segment, comma-separated, "
+                                            "the last repeating (small first: early first audio), or 'whole' (one "
+                                            "chunk per segment); later segments always come whole")
     vocoder_lookahead: Optional[int] = Field(None, ge=0, le=64,
                                              description="latent frames the vocoder waits for past the frames "
                                                          "it emits; default: its receptive field (chunked audio "

@@ -69,11 +69,6 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
-# BigVGAN runs in float32 whatever the GPT's dtype: on a GPU bfloat16 is no faster (TF32
-# convolutions, fused activation) and far less exact; on a CPU half precision is slow.
-VOCODER_DTYPE = torch.float32
-
-
 @dataclass(frozen=True)
 class StageOptions:
     """How to build the stages. `dtype` None: bfloat16 on GPUs, float32 on the CPU.
@@ -115,10 +110,6 @@ class StageOptions:
     @property
     def torch_dtype(self) -> torch.dtype:
         return self.dtype or default_dtype(self.torch_device)
-
-    @property
-    def vocoder_dtype(self) -> torch.dtype:
-        return VOCODER_DTYPE
 
 
 @dataclass

@@ -21,6 +21,10 @@ from indextts.vocoder import fused
 from indextts.vocoder.graphs import VocoderGraphs, frame_buckets, window_lengths
 from indextts.vocoder.streaming import receptive_field_of
 
+# BigVGAN runs in float32 whatever the GPT's dtype: on an H100 bfloat16 measured no faster and
+# 19 dB SNR against float32 (docs/benchmarks.md); on a CPU half precision is slow.
+VOCODER_DTYPE = torch.float32
+
 # Mixed-length vocoder batches: the longest item at most this many times the shortest, plus a
 # slack in frames so that short chunks (cheap to pad, costly in kernel launches) always share.
 MIXED_LENGTH_RATIO = 1.5
@@ -81,7 +85,7 @@ class BigVGANStage(VocoderStage):
 
     @classmethod
     def from_checkpoint(cls, info: CheckpointInfo, options) -> "BigVGANStage":
-        model = load_vocoder(info, options.torch_device, options.vocoder_dtype)
+        model = load_vocoder(info, options.torch_device, VOCODER_DTYPE)
         stage = cls(model, options.reference_limits, options.voice_cache_size,
                     max_batch=options.vocoder_max_batch, mixed_length_batches=options.vocoder_mixed_length_batches,
                     lookahead=options.vocoder_lookahead)

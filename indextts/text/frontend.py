@@ -38,9 +38,10 @@ class FrontendOptions:
     max_tokens: default segment limit in BPE tokens (the original's 120).
     fix_duplicated_quote: attach a quote that follows a sentence end once, instead of the
         original's twice (off by default for parity with the original).
-    chunk_chars: texts longer than this are normalised in chunks cut at sentence ends: time
-        linear in length, and none of the float32 cost drift that the original's whole-text pass
-        shows on long texts (wetext.py). None: the whole text at once, as the original.
+    chunk_chars: long texts are normalised in passes of whole sentences (wetext.PASS_CHARS), and
+        only a sentence longer than this is cut inside: time linear in length, none of the
+        float32 cost drift that the original's whole-text pass shows on long texts, and short
+        GIL-holding passes (wetext.py). None: the whole text at once, as the original.
     """
 
     max_chars: Optional[int] = 4096

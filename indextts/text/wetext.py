@@ -188,14 +188,14 @@ def _hard_cut(text: str, start: int, limit: int) -> int:
     return end
 
 
-def split_into_chunks(text: str, lang: str, chunk_chars: int, pass_chars: Optional[int] = None) -> list[Chunk]:
+def split_into_chunks(text: str, lang: str, chunk_chars: int, pass_chars: int = PASS_CHARS) -> list[Chunk]:
     """Cut `text` into chunks of at most `chunk_chars` chars, preferring sentence ends.
 
-    Whole sentences are packed into chunks of up to `pass_chars` (default `chunk_chars`); a
-    sentence between the two stays one chunk, and only a longer one is cut inside. Texts up to
-    `pass_chars` stay whole. For zh, the chunks concatenate back to `text`.
+    Whole sentences are packed into chunks of up to `pass_chars`; a sentence between the two
+    stays one chunk, and only a longer one is cut inside. Texts up to `pass_chars` stay whole.
+    For zh, the chunks concatenate back to `text`.
     """
-    pack = min(pass_chars or chunk_chars, chunk_chars)
+    pack = min(pass_chars, chunk_chars)
     if len(text) <= pack:
         return [Chunk(text, "")]
     out: list[Chunk] = []
@@ -295,7 +295,7 @@ class WeTextNormalizer:
         parts: list[str] = []
         joiner = ""
         turn, left = current_turn(), len(text)
-        for chunk in split_into_chunks(text, self.lang, self.options.chunk_chars, PASS_CHARS):
+        for chunk in split_into_chunks(text, self.lang, self.options.chunk_chars):
             turn.pause(left)              # more urgent work (another request's) may go first
             left -= len(chunk.text)
             result = self._normalize_one(chunk.text)
